@@ -1,0 +1,182 @@
+# Concurrent servers, step by step. `make help` lists the targets.
+#
+# Everything is built out of tree into build/ (build/san-$(SAN)/ with SAN=...).
+# Every chapter, exercise and solution is one directory holding server.cpp;
+# the rules below find them, so a new chapter needs no Makefile change.
+
+CXX      ?= g++
+CXXFLAGS ?= -O2 -g
+WARNINGS := -Wall -Wextra -Wpedantic -Werror
+CPPFLAGS += -Icommon -Icommon/test -MMD -MP
+LDLIBS   += -pthread
+
+SAN ?=
+ifeq ($(SAN),)
+  BUILD := build
+else ifneq ($(filter $(SAN),address undefined thread),)
+  BUILD := build/san-$(SAN)
+  CXXFLAGS := -O1 -g -fno-omit-frame-pointer
+  SANFLAGS := -fsanitize=$(SAN) $(if $(filter undefined,$(SAN)),-fno-sanitize-recover=all)
+else
+  $(error SAN must be address, undefined or thread)
+endif
+ALL_CXXFLAGS = -std=c++20 $(WARNINGS) $(CXXFLAGS) $(SANFLAGS) -pthread
+
+# ---- Catch2: 2.x (Debian, header only) or 3.x (Ubuntu 24.04, Homebrew: a library)
+CATCH_CFLAGS := $(shell pkg-config --cflags catch2 2>/dev/null)
+hash         := \#
+have_header   = $(shell echo '$(hash)include <catch2/$(1)>' | $(CXX) $(CATCH_CFLAGS) -std=c++20 -x c++ -E - -o /dev/null 2>/dev/null && echo yes)
+CATCH_V3     := $(call have_header,catch_all.hpp)
+CATCH_V2     := $(if $(CATCH_V3),,$(call have_header,catch.hpp))
+CATCH_LIBS   := $(if $(CATCH_V3),$(or $(shell pkg-config --libs catch2 2>/dev/null),-lCatch2))
+HAVE_CATCH   := $(or $(CATCH_V3),$(CATCH_V2))
+
+# ---- what there is to build
+CHAPTERS   := $(patsubst %/server.cpp,%,$(sort $(wildcard chapters/[0-9][0-9]_*/server.cpp)))
+EXERCISES  := $(patsubst %/server.cpp,%,$(sort $(wildcard exercises/[0-9][0-9]_*/server.cpp)))
+SOLUTIONS  := $(patsubst %/server.cpp,%,$(sort $(wildcard solutions/[0-9][0-9]_*/server.cpp)))
+UNITS      := $(CHAPTERS) $(EXERCISES) $(SOLUTIONS)
+
+COMMON_SRC := $(filter-out common/loadgen.cpp,$(wildcard common/*.cpp))
+COMMON_OBJ := $(COMMON_SRC:%.cpp=$(BUILD)/%.o)
+COMMON_LIB := $(BUILD)/common/libcommon.a
+HARNESS_OBJ := $(BUILD)/common/test/harness.o $(BUILD)/common/test/behaviour_suite.o $(BUILD)/common/test/catch_main.o
+TOOLS      := $(BUILD)/tools/loadgen $(BUILD)/tools/markers
+
+SERVERS    := $(UNITS:%=$(BUILD)/%/server)
+# A solution is tested by its exercise's tests (the lab's tests live with the task).
+test_src    = $(if $(filter solutions/%,$(1)),$(patsubst solutions/%,exercises/%,$(1)),$(1))/test.cpp
+TESTS      := $(BUILD)/common/test/unit $(foreach u,$(UNITS),$(if $(wildcard $(call test_src,$(u))),$(BUILD)/$(u)/test))
+
+.DEFAULT_GOAL := all
+# Keep object files between runs (they are intermediate files of pattern rules),
+# and never leave a half-written target behind.
+.SECONDARY:
+.DELETE_ON_ERROR:
+.PHONY: all servers tools tests run test test-run ensure-catch2 diff exercises check-exercises \
+        check-slides slides-sync help clean bench-loadgen
+
+all: servers tools $(if $(HAVE_CATCH),tests,catch2-note)
+servers: $(SERVERS)
+tools: $(TOOLS)
+tests: $(TESTS)
+
+catch2-note:
+	@echo "note: Catch2 not found, so the tests were not built ('make test' installs it)."
+
+# ---- compiling and linking
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CPPFLAGS) $(CATCH_CFLAGS) $(ALL_CXXFLAGS) -c $< -o $@
+
+$(COMMON_LIB): $(COMMON_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(BUILD)/%/server: $(BUILD)/%/server.o $(COMMON_LIB)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tools/%: $(BUILD)/common/tools/%.o $(COMMON_LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tools/loadgen: $(BUILD)/common/loadgen.o $(COMMON_LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/common/test/unit: $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard common/test/*_test.cpp)) $(BUILD)/common/test/catch_main.o $(COMMON_LIB)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(CATCH_LIBS) $(LDLIBS)
+
+# Each unit's test binary: its tests, the shared behaviour suite and harness.
+# The harness finds the server to test beside the test binary.
+define unit_test_rule
+$(BUILD)/$(1)/test.o: $(call test_src,$(1))
+	@mkdir -p $$(@D)
+	$$(CXX) $$(CPPFLAGS) $$(CATCH_CFLAGS) $$(ALL_CXXFLAGS) -c $$< -o $$@
+$(BUILD)/$(1)/test: $(BUILD)/$(1)/test.o $(HARNESS_OBJ) $(COMMON_LIB) | $(BUILD)/$(1)/server
+	$$(CXX) $$(ALL_CXXFLAGS) $$(filter %.o %.a,$$^) -o $$@ $$(CATCH_LIBS) $$(LDLIBS)
+endef
+$(foreach u,$(UNITS),$(if $(wildcard $(call test_src,$(u))),$(eval $(call unit_test_rule,$(u)))))
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- running
+CH   ?= 01
+PORT ?= 8080
+chapter_dir = $(firstword $(wildcard chapters/$(1)_*))
+
+run: $(BUILD)/$(call chapter_dir,$(CH))/server
+	@echo "Starting $(call chapter_dir,$(CH)). In another terminal, try:"
+	@echo "  curl -i http://127.0.0.1:$(PORT)/"
+	@echo "  curl http://127.0.0.1:$(PORT)/stats"
+	@echo "  $(BUILD)/tools/loadgen -n 30 -c 10 http://127.0.0.1:$(PORT)/sleep?ms=100   (after 'make tools')"
+	@echo "Stop it with Ctrl-C."
+	@$< --port $(PORT)
+
+# ---- testing
+# `make test` installs Catch2 when missing, then runs every test binary (or
+# chapter CH's and its solution's) and ends with "N passed, N failed".
+test: ensure-catch2
+	@$(MAKE) --no-print-directory test-run
+
+ensure-catch2:
+	@if [ -z "$(HAVE_CATCH)" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "Catch2 is missing; installing Debian's catch2 package with apt-get."; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq catch2 >/dev/null || exit 1; \
+	  else \
+	    echo "Catch2 is missing: install it with your package manager (apt-get install catch2, brew install catch2) and run make test again."; exit 1; \
+	  fi; \
+	fi
+
+TEST_SELECTION = $(if $(filter command line,$(origin CH)),$(filter $(BUILD)/chapters/$(CH)_%/test $(BUILD)/solutions/$(CH)_%/test,$(TESTS)),$(filter-out $(BUILD)/exercises/%,$(TESTS)))
+test-run: $(TEST_SELECTION) servers
+	@common/tools/run_tests.sh $(TEST_SELECTION)
+
+# ---- the lesson between two chapters
+diff:
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make diff A=07 B=08"; exit 2; }
+	@git --no-pager diff --no-index --color=auto $(call chapter_dir,$(A))/server.cpp $(call chapter_dir,$(B))/server.cpp || true
+
+# ---- labs: the skeleton is the solution with its LAB blocks cut out
+exercises: $(BUILD)/tools/markers
+	@for s in $(SOLUTIONS); do \
+	  e=exercises/$${s#solutions/}; mkdir -p $$e; \
+	  $(BUILD)/tools/markers skeleton $$s/server.cpp > $$e/server.cpp && echo "wrote $$e/server.cpp"; \
+	done
+
+check-exercises: ensure-catch2 $(BUILD)/tools/markers
+	@$(MAKE) --no-print-directory check-exercises-run
+
+.PHONY: check-exercises-run
+check-exercises-run: $(filter $(BUILD)/exercises/% $(BUILD)/solutions/%,$(TESTS))
+	@common/tools/check_exercises.sh $(BUILD) $(SOLUTIONS)
+
+# ---- slides and READMEs: code blocks are cut from the sources by ANCHOR markers
+DOCS_WITH_CODE = $(wildcard slides/*.md chapters/*/README.md exercises/*/README.md)
+check-slides: $(BUILD)/tools/markers
+	@$(BUILD)/tools/markers check $(DOCS_WITH_CODE)
+
+slides-sync: $(BUILD)/tools/markers
+	@$(BUILD)/tools/markers update $(DOCS_WITH_CODE)
+
+# ---- measuring the measuring tool (needs wrk)
+bench-loadgen: servers tools
+	@common/tools/bench_loadgen.sh $(BUILD)
+
+clean:
+	rm -rf build
+
+help:
+	@echo "make                      build every server, tool and test into build/"
+	@echo "make run [CH=NN] [PORT=N] run chapter NN's server (default 01 on port 8080)"
+	@echo "make test [CH=NN]         run the tests (all, or chapter NN and its solution)"
+	@echo "make test SAN=address     the same with AddressSanitizer (also undefined, thread)"
+	@echo "make diff A=NN B=MM       what changes between two chapters' servers: the lesson"
+	@echo "make exercises            regenerate the lab skeletons from solutions/"
+	@echo "make check-exercises      skeletons up to date, solutions pass, skeletons fail"
+	@echo "make check-slides         code on slides and in READMEs matches the sources"
+	@echo "make slides-sync          copy the sources' marked code into slides and READMEs"
+	@echo "make bench-loadgen        compare loadgen with wrk against the same server"
+	@echo "make clean                remove build/"

@@ -1,0 +1,108 @@
+// The HTTP/1.1 subset every chapter speaks. Nothing here touches a socket:
+// the parser eats bytes and the router turns a request into a response, so a
+// blocking server and an event loop can share them unchanged.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "stats.hpp"
+
+namespace http {
+
+inline constexpr std::size_t kMaxHeaderBytes = 8 * 1024;     // request line + headers
+inline constexpr std::size_t kMaxBodyBytes = 1024 * 1024;    // POST /echo
+inline constexpr long kMaxDelayMs = 10'000;                  // /sleep and /work
+inline constexpr long kMaxBytesResponse = 64L * 1024 * 1024; // /bytes
+
+struct Header {
+    std::string name;
+    std::string value;
+};
+
+struct Request {
+    std::string method;
+    std::string target;  // as sent, "/sleep?ms=100"
+    std::string path;    // "/sleep"
+    std::string query;   // "ms=100"
+    int minor_version = 1;
+    std::vector<Header> headers;
+    std::string body;
+    bool keep_alive = true;
+
+    // The first header with this name (case-insensitive), or nullptr.
+    const std::string* header(std::string_view name) const;
+};
+
+struct ParseResult {
+    enum Kind { need_more, complete, error };
+    Kind kind = need_more;
+    Request request;         // when kind == complete
+    int error_status = 0;    // when kind == error: 400, 413, 431, 501 or 505
+    std::string error_text;  // why, for the response body
+};
+
+// Incremental request parser. feed() it whatever recv() returned, then call
+// next() until it says need_more. Any split of the same bytes, one byte at a
+// time included, yields the same requests; bytes after a request are kept for
+// the next one (pipelining). After an error the connection must be closed:
+// next() keeps returning the same error.
+class RequestParser {
+public:
+    void feed(std::string_view bytes);
+    ParseResult next();
+
+    std::size_t buffered() const { return buffer_.size() - start_; }
+
+private:
+    ParseResult fail(int status, std::string text);
+    ParseResult parse_head(std::string_view head);
+    ParseResult take_body();
+    void consume(std::size_t n);
+
+    std::string buffer_;
+    std::size_t start_ = 0;  // bytes before start_ belong to requests already returned
+    std::size_t scan_ = 0;   // where to resume looking for the blank line, relative to start_
+    bool in_body_ = false;
+    std::size_t body_length_ = 0;
+    Request pending_;  // head parsed, body still arriving
+    ParseResult failed_;
+};
+
+struct Response {
+    int status = 200;
+    std::string content_type = "text/plain; charset=utf-8";
+    std::string body;
+    std::vector<Header> headers;  // extra headers, such as Allow
+    bool close = false;           // the connection must close after this response
+};
+
+std::string_view reason_phrase(int status);
+
+// Status line, headers and body in one buffer, so one send() carries all of
+// it and Nagle's algorithm never holds the body back waiting for an ACK.
+std::string serialize(const Response& response, bool keep_alive);
+
+// The router. /sleep and /work run inline: they block the calling thread,
+// which is exactly what the chapters want to show.
+Response handle(const Request& request, const common::Stats& stats);
+
+// A response for a request the parser rejected; it always closes.
+Response error_response(int status, std::string_view text);
+
+// What a server sends for one parse result, and whether to close afterwards.
+// Counts the request in stats. A server that has been asked to stop answers
+// with "Connection: close".
+struct Reply {
+    std::string bytes;
+    bool close_after = false;
+};
+Reply respond(ParseResult& result, common::Stats& stats);
+
+// The byte at offset i of every /bytes response, so a client can verify it.
+char pattern_byte(std::uint64_t offset);
+
+}  // namespace http

@@ -1,0 +1,311 @@
+#include "server.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <vector>
+
+#include "error.hpp"
+
+namespace common {
+
+// ---- command line -----------------------------------------------------------
+
+namespace {
+
+void print_usage(std::FILE* out, std::string_view program, std::string_view summary,
+                 std::initializer_list<ChapterOption> options) {
+    std::fprintf(out, "usage: %.*s [--host ADDR] [--port N]", int(program.size()), program.data());
+    for (const ChapterOption& o : options)
+        std::fprintf(out, " [%.*s %.*s]", int(o.name.size()), o.name.data(), int(o.value_name.size()),
+                     o.value_name.data());
+    std::fprintf(out, "\n%.*s\n\n", int(summary.size()), summary.data());
+    std::fprintf(out, "  --host ADDR   address to listen on (default 127.0.0.1)\n");
+    std::fprintf(out, "  --port N      port to listen on, 0 for any free port (default 8080)\n");
+    for (const ChapterOption& o : options)
+        std::fprintf(out, "  %.*s %.*s  %.*s (default %ld, %ld..%ld)\n", int(o.name.size()), o.name.data(),
+                     int(o.value_name.size()), o.value_name.data(), int(o.help.size()), o.help.data(), *o.value,
+                     o.min, o.max);
+}
+
+std::optional<long> parse_long(std::string_view text) {
+    long value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+    return value;
+}
+
+}  // namespace
+
+ServerConfig parse_command_line(int argc, char** argv, std::string_view summary,
+                                std::initializer_list<ChapterOption> options) {
+    ServerConfig config;
+    std::string_view program = argc > 0 ? argv[0] : "server";
+    auto fail = [&](const std::string& message) {
+        std::fprintf(stderr, "%s: %s\n", std::string(program).c_str(), message.c_str());
+        print_usage(stderr, program, summary, options);
+        std::exit(2);
+    };
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (arg == "--help" || arg == "-h") {
+            print_usage(stdout, program, summary, options);
+            std::exit(0);
+        }
+        if (i + 1 >= argc) fail("missing value for " + std::string(arg));
+        std::string_view value = argv[++i];
+        if (arg == "--host") {
+            config.host = std::string(value);
+            continue;
+        }
+        std::optional<long> number = parse_long(value);
+        if (arg == "--port") {
+            if (!number || *number < 0 || *number > 65535) fail("bad port: " + std::string(value));
+            config.port = static_cast<std::uint16_t>(*number);
+            continue;
+        }
+        bool known = false;
+        for (const ChapterOption& o : options) {
+            if (arg != o.name) continue;
+            if (!number || *number < o.min || *number > o.max)
+                fail("bad value for " + std::string(arg) + ": " + std::string(value));
+            *o.value = *number;
+            known = true;
+        }
+        if (!known) fail("unknown option " + std::string(arg));
+    }
+    return config;
+}
+
+// ---- listening socket -------------------------------------------------------
+
+std::string format_address(const sockaddr* address, socklen_t length) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (address->sa_family == AF_INET && length >= sizeof(sockaddr_in)) {
+        auto* in = reinterpret_cast<const sockaddr_in*>(address);
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        port = ntohs(in->sin_port);
+        return std::string(host) + ":" + std::to_string(port);
+    }
+    if (address->sa_family == AF_INET6 && length >= sizeof(sockaddr_in6)) {
+        auto* in6 = reinterpret_cast<const sockaddr_in6*>(address);
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        port = ntohs(in6->sin6_port);
+        return "[" + std::string(host) + "]:" + std::to_string(port);
+    }
+    return "?";
+}
+
+UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags) {
+    const std::string where = config.host + ":" + std::to_string(config.port);
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    const std::string service = std::to_string(config.port);
+    if (int rc = getaddrinfo(config.host.c_str(), service.c_str(), &hints, &found); rc != 0)
+        throw std::runtime_error("getaddrinfo " + where + ": " + gai_strerror(rc));
+    std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> list(found, freeaddrinfo);
+
+    const addrinfo* ai = list.get();  // the first address is the one we were asked for
+    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | extra_type_flags, ai->ai_protocol));
+    if (!fd) throw_errno("socket " + where);
+    // Lets a restarted server bind while old connections sit in TIME_WAIT.
+    int on = 1;
+    if (::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0)
+        throw_errno("setsockopt SO_REUSEADDR " + where);
+    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) throw_errno("bind " + where);
+    if (::listen(fd.get(), SOMAXCONN) != 0) throw_errno("listen " + where);
+    return fd;
+}
+
+void announce_listening(int listen_fd) {
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    if (::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+        throw_errno("getsockname fd " + std::to_string(listen_fd));
+    std::printf("listening on %s\n", format_address(reinterpret_cast<sockaddr*>(&address), length).c_str());
+    std::fflush(stdout);
+}
+
+// ---- stopping ---------------------------------------------------------------
+
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+
+void on_stop_signal(int) {
+    if (!g_stop) alarm(kStopGraceSeconds);  // alarm(2) is async-signal-safe
+    g_stop = 1;
+}
+
+void on_grace_expired(int) {
+    static const char message[] = "stop: grace period expired, exiting with responses unfinished\n";
+    ssize_t ignored = ::write(STDERR_FILENO, message, sizeof message - 1);
+    (void)ignored;
+    _exit(0);
+}
+
+void install(int signo, void (*handler)(int)) {
+    struct sigaction action{};
+    action.sa_handler = handler;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: blocked calls must return EINTR
+    if (::sigaction(signo, &action, nullptr) != 0) throw_errno("sigaction " + std::string(strsignal(signo)));
+}
+
+}  // namespace
+
+void install_stop_handlers() {
+    install(SIGPIPE, SIG_IGN);
+    install(SIGINT, on_stop_signal);
+    install(SIGTERM, on_stop_signal);
+    install(SIGALRM, on_grace_expired);
+}
+
+bool stop_requested() noexcept { return g_stop != 0; }
+
+// ---- accepting --------------------------------------------------------------
+
+namespace {
+
+// One descriptor held in reserve for the EMFILE dance (see accept_client).
+std::mutex g_spare_mutex;
+UniqueFd g_spare_fd;
+
+UniqueFd open_spare() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
+// Counts and logs shed connections, at most once per second.
+void log_shed(int error) {
+    static std::mutex mutex;
+    static long shed = 0;
+    static time_t last = 0;
+    std::lock_guard lock(mutex);
+    ++shed;
+    time_t now = time(nullptr);
+    if (now == last) return;
+    last = now;
+    log_line("accept: " + std::string(std::strerror(error)) + "; " + std::to_string(shed) +
+             " connection(s) closed unserved so far");
+}
+
+}  // namespace
+
+Accepted accept_client(int listen_fd, int flags) {
+    {
+        std::lock_guard lock(g_spare_mutex);
+        if (!g_spare_fd) g_spare_fd = open_spare();
+    }
+    Accepted result;
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&address), &length, flags | SOCK_CLOEXEC);
+    if (fd >= 0) {
+        result.status = Accepted::accepted;
+        result.fd.reset(fd);
+        result.peer = format_address(reinterpret_cast<sockaddr*>(&address), length);
+        return result;
+    }
+    const int error = errno;
+    switch (error) {
+        case EAGAIN:
+            result.status = Accepted::would_block;
+            return result;
+        case EINTR:
+            result.status = Accepted::interrupted;
+            return result;
+        case EMFILE:
+        case ENFILE: {
+            std::lock_guard lock(g_spare_mutex);
+            g_spare_fd.reset();  // frees exactly one descriptor
+            UniqueFd doomed(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+            doomed.reset();  // the client sees the connection close instead of hanging
+            g_spare_fd = open_spare();
+            log_shed(error);
+            result.status = Accepted::shed;
+            return result;
+        }
+        // The connection was reset or the network failed after the handshake but
+        // before we took the connection; accept(2) says to treat these like EAGAIN.
+        case ECONNABORTED:
+        case EPROTO:
+        case ENETDOWN:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case EOPNOTSUPP:
+        case ENETUNREACH:
+        case ETIMEDOUT:
+        case EPERM:  // a firewall rule refused it
+            result.status = Accepted::retry;
+            return result;
+        case ENOBUFS:
+        case ENOMEM:
+            log_line("accept: " + std::string(std::strerror(error)));
+            result.status = Accepted::retry;
+            return result;
+        default:  // EBADF, EINVAL, ENOTSOCK...: a bug in the server, not a client's doing
+            throw_error_code(error, "accept4 fd " + std::to_string(listen_fd));
+    }
+}
+
+// ---- blocking I/O helpers ---------------------------------------------------
+
+bool send_all(int fd, std::string_view data, std::string_view peer) {
+    while (!data.empty()) {
+        ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+        if (n >= 0) {
+            data.remove_prefix(static_cast<std::size_t>(n));  // a partial write: send the rest
+            continue;
+        }
+        if (errno == EINTR) continue;  // a signal, not an error; finish the response
+        log_client_error("send", peer, errno);
+        return false;
+    }
+    return true;
+}
+
+void shutdown_and_drain(int fd) {
+    if (::shutdown(fd, SHUT_WR) != 0) return;  // the peer is already gone
+    char sink[16 * 1024];
+    for (int i = 0; i < 64; ++i) {  // at most 1 MiB; more is the client's problem
+        ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n > 0) continue;
+        if (n < 0 && errno == EINTR) continue;
+        break;
+    }
+}
+
+// ---- logging ------------------------------------------------------------------
+
+void log_line(std::string_view line) {
+    std::string text(line);
+    text += '\n';
+    // One write(2) per line, so lines from several threads or processes never interleave.
+    ssize_t ignored = ::write(STDERR_FILENO, text.data(), text.size());
+    (void)ignored;
+}
+
+void log_client_error(std::string_view call, std::string_view peer, int error) {
+    if (error == EPIPE || error == ECONNRESET) return;
+    log_line(std::string(call) + " " + std::string(peer) + ": " + std::strerror(error));
+}
+
+}  // namespace common

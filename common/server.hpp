@@ -1,0 +1,105 @@
+// What every chapter's server shares and no chapter teaches: the command line,
+// the listening socket, stop signals, accept(2) error handling, logging, and
+// a blocking "send everything" helper. The model itself (who calls accept and
+// recv, and when) always stays in the chapter's server.cpp.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+
+#include "fd.hpp"
+
+namespace common {
+
+// ---- command line -----------------------------------------------------------
+
+struct ServerConfig {
+    std::string host = "127.0.0.1";
+    std::uint16_t port = 8080;  // 0: the kernel picks a free port
+};
+
+// A chapter-specific numeric option such as "--workers N".
+struct ChapterOption {
+    std::string_view name;        // "--workers"
+    std::string_view value_name;  // "N"
+    std::string_view help;        // one line
+    long* value;                  // holds the default; receives the parsed value
+    long min;
+    long max;
+};
+
+// Parses --host, --port and the chapter's options. On a bad option it prints
+// the usage to stderr and exits 2; on --help it prints it to stdout, exits 0.
+ServerConfig parse_command_line(int argc, char** argv, std::string_view summary,
+                                std::initializer_list<ChapterOption> options = {});
+
+// ---- listening socket -------------------------------------------------------
+
+// socket + SO_REUSEADDR + bind + listen. extra_type_flags may add SOCK_NONBLOCK.
+// Throws std::system_error naming the call and address ("bind 127.0.0.1:80: ...").
+UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags = 0);
+
+// Prints "listening on HOST:PORT" (the port the kernel actually bound) and flushes,
+// so that a test harness reading our stdout knows we are ready.
+void announce_listening(int listen_fd);
+
+// ---- stopping ---------------------------------------------------------------
+
+// SIGPIPE is ignored (a vanished client must not kill the server).
+// SIGINT and SIGTERM set the stop flag; they are installed without SA_RESTART,
+// so a thread blocked in accept, recv or poll returns with EINTR and can look
+// at the flag. They also start a grace timer: if the server has not finished
+// its in-flight responses within kStopGraceSeconds, it exits 0 anyway.
+inline constexpr unsigned kStopGraceSeconds = 2;
+void install_stop_handlers();
+bool stop_requested() noexcept;
+
+// ---- accepting --------------------------------------------------------------
+
+struct Accepted {
+    enum Status {
+        accepted,     // fd and peer are set
+        would_block,  // EAGAIN on a non-blocking listener: nothing pending
+        interrupted,  // EINTR: a signal arrived; check stop_requested()
+        retry,        // the connection died before we took it (ECONNABORTED...)
+        shed,         // out of descriptors (EMFILE/ENFILE): taken and closed at once
+    };
+    Status status = retry;
+    UniqueFd fd;
+    std::string peer;  // "127.0.0.1:54321"
+};
+
+// accept4(2) with every error a long-running server meets handled. On EMFILE
+// the kernel keeps the connection queued and the listener stays readable, so
+// a loop that just retries would spin at 100% CPU: instead we free a spare
+// descriptor, accept the connection and close it, so the client gets a clean
+// close and the backlog drains. flags: SOCK_CLOEXEC is always added.
+Accepted accept_client(int listen_fd, int flags = 0);
+
+// ---- blocking I/O helpers (chapters 01-04) ----------------------------------
+
+// Sends all of data on a blocking socket: retries partial writes and EINTR,
+// never raises SIGPIPE (MSG_NOSIGNAL). Returns false if the peer is gone or
+// the send failed (logged, except for the ordinary EPIPE/ECONNRESET).
+bool send_all(int fd, std::string_view data, std::string_view peer);
+
+// Half-closes our side and discards input that has already arrived. Closing a
+// socket with unread input makes the kernel send RST, which can destroy the
+// response we just sent (an error page, say) before the client reads it.
+void shutdown_and_drain(int fd);
+
+// ---- logging ------------------------------------------------------------------
+
+// One line on stderr: "CALL PEER: strerror(errno)". EPIPE and ECONNRESET are
+// ordinary ways for a client to leave and are not logged.
+void log_client_error(std::string_view call, std::string_view peer, int error);
+void log_line(std::string_view line);
+
+// "127.0.0.1:8080" or "[::1]:8080" for a socket's local or peer address.
+std::string format_address(const sockaddr* address, socklen_t length);
+
+}  // namespace common

@@ -1,0 +1,316 @@
+// The shared behaviour suite: the server contract, checked against whichever
+// server sits beside the test binary. Every chapter, exercise and solution
+// links it, so every model must pass it.
+//
+// The suite talks to one connection at a time (a client is closed before the
+// next one opens), so that it holds for the iterative server of chapter 01 too.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <string>
+
+#include "harness.hpp"
+#include "http.hpp"
+#include "testing.hpp"
+
+using namespace harness;
+
+namespace {
+
+bool body_matches_pattern(const std::string& body) {
+    for (std::size_t i = 0; i < body.size(); ++i)
+        if (body[i] != http::pattern_byte(i)) return false;
+    return true;
+}
+
+std::string post_echo(const std::string& body, std::string_view extra_headers = "") {
+    return "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" +
+           std::string(extra_headers) + "\r\n" + body;
+}
+
+// The server answers a fresh client: it survived whatever came before.
+void check_still_serving(ServerProcess& server) {
+    INFO("server log:\n" << server.log());
+    REQUIRE(server.running());
+    http::ClientResponse r = get(server.port(), "/");
+    CHECK(r.status == 200);
+}
+
+}  // namespace
+
+TEST_CASE("GET / answers 200 text/plain with Content-Length", "[behaviour]") {
+    ServerProcess server;
+    http::ClientResponse r = get(server.port(), "/");
+    CHECK(r.status == 200);
+    REQUIRE(r.header("Content-Type") != nullptr);
+    CHECK(r.header("Content-Type")->rfind("text/plain", 0) == 0);
+    REQUIRE(r.header("Content-Length") != nullptr);
+    CHECK(*r.header("Content-Length") == std::to_string(r.body.size()));
+    CHECK_FALSE(r.body.empty());
+}
+
+TEST_CASE("the routes of the contract", "[behaviour]") {
+    ServerProcess server;
+    const auto port = server.port();
+
+    SECTION("/sleep waits, then answers") {
+        const Clock::time_point start = Clock::now();
+        CHECK(get(port, "/sleep?ms=50").status == 200);
+        CHECK(Clock::now() - start >= 50ms);
+    }
+    SECTION("/work burns CPU time in the server") {
+        const double before = cpu_seconds(server.pid());
+        CHECK(get(port, "/work?ms=100").status == 200);
+        CHECK(cpu_seconds(server.pid()) - before >= 0.08);  // clock ticks are 10 ms
+    }
+    SECTION("/bytes sends n bytes of the pattern") {
+        http::ClientResponse r = get(port, "/bytes?n=1000003");
+        CHECK(r.status == 200);
+        CHECK(r.body.size() == 1000003);
+        CHECK(body_matches_pattern(r.body));
+        CHECK(get(port, "/bytes?n=0").body.empty());
+    }
+    SECTION("POST /echo returns the body") {
+        Client c(port);
+        std::string body(100000, 'x');
+        body[0] = 'A';
+        body.back() = 'Z';
+        http::ClientResponse r = c.request(post_echo(body));
+        CHECK(r.status == 200);
+        CHECK(r.body == body);
+    }
+    SECTION("/stats is JSON with the common counters") {
+        http::ClientResponse r = get(port, "/stats");
+        CHECK(r.status == 200);
+        REQUIRE(r.header("Content-Type") != nullptr);
+        CHECK(*r.header("Content-Type") == "application/json");
+        auto s = stats(port);
+        for (const char* key : {"connections_open", "connections_total", "requests", "threads"}) {
+            INFO(key);
+            CHECK(s.count(key) == 1);
+        }
+        CHECK(s["threads"] >= 1);
+        CHECK(s["requests"] >= 2);  // the two /stats requests, at least
+        CHECK_FALSE(stats_model(port).empty());
+    }
+    SECTION("unknown path 404, wrong method 405 with Allow") {
+        CHECK(get(port, "/nope").status == 404);
+        Client c(port);
+        http::ClientResponse r = c.request("DELETE / HTTP/1.1\r\nHost: test\r\n\r\n");
+        CHECK(r.status == 405);
+        REQUIRE(r.header("Allow") != nullptr);
+        CHECK(*r.header("Allow") == "GET");
+        r = c.request(get_request("/echo"));
+        CHECK(r.status == 405);
+        REQUIRE(r.header("Allow") != nullptr);
+        CHECK(*r.header("Allow") == "POST");
+    }
+    SECTION("out-of-range parameters are 400") {
+        CHECK(get(port, "/sleep?ms=abc").status == 400);
+        CHECK(get(port, "/sleep?ms=10001").status == 400);
+        CHECK(get(port, "/work").status == 400);
+        CHECK(get(port, "/bytes?n=-1").status == 400);
+        CHECK(get(port, "/bytes?n=67108865").status == 400);
+    }
+}
+
+TEST_CASE("keep-alive: HTTP/1.1 stays open until Connection: close", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    for (int i = 0; i < 3; ++i) {
+        http::ClientResponse r = c.request(get_request("/"));
+        CHECK(r.status == 200);
+        CHECK(r.keep_alive);
+    }
+    http::ClientResponse last = c.request(get_request("/", "Connection: close\r\n"));
+    CHECK(last.status == 200);
+    CHECK_FALSE(last.keep_alive);
+    CHECK(c.wait_closed(5s));
+}
+
+TEST_CASE("HTTP/1.0 closes unless it asks for keep-alive", "[behaviour]") {
+    ServerProcess server;
+    {
+        Client c(server.port());
+        http::ClientResponse r = c.request("GET / HTTP/1.0\r\n\r\n");
+        CHECK(r.status == 200);
+        CHECK_FALSE(r.keep_alive);
+        CHECK(c.wait_closed(5s));
+    }
+    Client c(server.port());
+    CHECK(c.request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+    CHECK(c.request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").status == 200);
+}
+
+TEST_CASE("100 pipelined requests in one write are answered in order", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    std::string burst;
+    for (int i = 0; i < 100; ++i) burst += get_request("/bytes?n=" + std::to_string(i));
+    c.send(burst);
+    for (int i = 0; i < 100; ++i) {
+        std::optional<http::ClientResponse> r = c.read_response(10s);
+        REQUIRE(r);
+        CHECK(r->status == 200);
+        CHECK(r->body.size() == static_cast<std::size_t>(i));
+    }
+}
+
+TEST_CASE("a request sent one byte at a time", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    const std::string request = post_echo("hello, byte by byte");
+    for (char byte : request) c.send(std::string_view(&byte, 1));  // TCP_NODELAY: one segment each
+    std::optional<http::ClientResponse> r = c.read_response(10s);
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    CHECK(r->body == "hello, byte by byte");
+}
+
+TEST_CASE("bare LF line endings are accepted", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    CHECK(c.request("GET / HTTP/1.1\nHost: test\n\n").status == 200);
+}
+
+TEST_CASE("hostile input gets an error and a close, and harms nobody", "[behaviour]") {
+    ServerProcess server;
+    std::string input;
+    int expected = 0;
+    SECTION("garbage") {
+        input = "\x01\x02\x03 this is not HTTP\r\n\r\n";
+        expected = 400;
+    }
+    SECTION("a header block over 8 KiB") {
+        input = "GET / HTTP/1.1\r\nX-Big: " + std::string(9000, 'a') + "\r\n\r\n";
+        expected = 431;
+    }
+    SECTION("an endless request line") {
+        input = "GET /" + std::string(9000, 'a');
+        expected = 431;
+    }
+    SECTION("an invalid Content-Length") {
+        input = "POST /echo HTTP/1.1\r\nContent-Length: 12abc\r\n\r\n";
+        expected = 400;
+    }
+    SECTION("conflicting Content-Lengths") {
+        input = "POST /echo HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+        expected = 400;
+    }
+    SECTION("Transfer-Encoding") {
+        input = "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        expected = 501;
+    }
+    SECTION("a body over 1 MiB") {
+        input = "POST /echo HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n" + std::string(1000, 'b');
+        expected = 413;
+    }
+    SECTION("HTTP/2.0 on the request line") {
+        input = "GET / HTTP/2.0\r\n\r\n";
+        expected = 505;
+    }
+    {
+        Client c(server.port());
+        c.send(input);
+        std::optional<http::ClientResponse> r = c.read_response(10s);
+        REQUIRE(r);
+        CHECK(r->status == expected);
+        CHECK_FALSE(r->keep_alive);
+        CHECK(c.wait_closed(5s));
+    }
+    check_still_serving(server);
+}
+
+TEST_CASE("random garbage on many connections does not crash the server", "[behaviour]") {
+    ServerProcess server;
+    std::uint32_t seed = 12345;
+    auto next_random = [&seed] { return seed = seed * 1664525u + 1013904223u; };  // a fixed LCG: reproducible
+    for (int i = 0; i < 20; ++i) {
+        Client c(server.port());
+        std::string junk(64 + next_random() % 4000, '\0');
+        for (char& ch : junk) ch = static_cast<char>(next_random() >> 24);
+        c.send(junk);
+        c.close();
+    }
+    check_still_serving(server);
+}
+
+TEST_CASE("a client that resets or leaves before its response harms nobody", "[behaviour]") {
+    ServerProcess server;
+    SECTION("reset during /sleep") {
+        Client c(server.port());
+        c.send(get_request("/sleep?ms=100"));
+        c.reset();  // RST: the server's send will fail with ECONNRESET or EPIPE
+    }
+    SECTION("closes without reading a large response") {
+        Client c(server.port());
+        c.send(get_request("/bytes?n=8388608"));
+        c.close();  // the server meets EPIPE in the middle of its response (SIGPIPE!)
+    }
+    SECTION("reset in the middle of a request") {
+        Client c(server.port());
+        c.send("POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly part of it");
+        c.reset();
+    }
+    check_still_serving(server);
+    check_still_serving(server);
+}
+
+TEST_CASE("a slow reader gets every byte of a large response", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    // A small window (but not below loopback's 64 KiB MSS, or TCP's silly-window
+    // avoidance stalls the transfer): 4 MiB cannot fit in the socket buffers, so
+    // the server's send() must block or write partially on the way.
+    c.set_receive_buffer(64 * 1024);
+    c.send(get_request("/bytes?n=4194304"));
+    std::optional<http::ClientResponse> r = c.read_response(30s);
+    REQUIRE(r);
+    CHECK(r->body.size() == 4194304);
+    CHECK(body_matches_pattern(r->body));
+}
+
+TEST_CASE("running out of file descriptors sheds clients, never crashes", "[behaviour]") {
+    ServerProcess server;
+    const long in_use = open_fd_count(server.pid());
+    REQUIRE(in_use > 0);
+    server.set_fd_limit(static_cast<rlim_t>(in_use + 3));
+    int answered = 0, shed = 0;
+    for (int i = 0; i < 12; ++i) {
+        Client c(server.port());
+        c.send(get_request("/", "Connection: close\r\n"));
+        try {
+            if (std::optional<http::ClientResponse> r = c.read_response(10s)) answered += r->status == 200;
+        } catch (const std::runtime_error&) {
+            ++shed;  // closed unanswered: what a server without descriptors should do
+        }
+    }
+    CHECK(answered + shed == 12);
+    server.set_fd_limit(1024);
+    check_still_serving(server);
+}
+
+TEST_CASE("SIGTERM with an idle keep-alive client exits 0 promptly", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    CHECK(c.request(get_request("/")).status == 200);
+    Clock::duration took{};
+    const int status = server.stop(10s, &took);
+    CHECK(describe_status(status) == "exited with 0");
+    CHECK(to_ms(took) < to_ms(scaled(3s)));  // the grace period is 2 s
+}
+
+TEST_CASE("SIGTERM lets a response in progress finish", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    c.send(get_request("/sleep?ms=500"));
+    // Wait until the handler is really sleeping, then ask the server to stop.
+    REQUIRE(eventually([&] { return sleeping_in_nanosleep(server.pid()); }, 5s));
+    REQUIRE(::kill(server.pid(), SIGTERM) == 0);
+    std::optional<http::ClientResponse> r = c.read_response(5s);
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    CHECK_FALSE(r->keep_alive);  // a stopping server closes after the response
+    Clock::duration took{};
+    CHECK(describe_status(server.stop(10s, &took)) == "exited with 0");
+}

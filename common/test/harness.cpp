@@ -1,0 +1,465 @@
+#include "harness.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "testing.hpp"
+
+namespace harness {
+
+namespace {
+
+[[noreturn]] void fail_errno(const std::string& what) {
+    throw std::system_error(errno, std::generic_category(), what);
+}
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// The value after "Key:" in /proc/PID/status, in its unit (kB for memory).
+long status_field(pid_t pid, std::string_view key) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.compare(0, key.size(), key) == 0 && line.size() > key.size() && line[key.size()] == ':')
+            return std::strtol(line.c_str() + key.size() + 1, nullptr, 10);
+    }
+    return -1;
+}
+
+// Fields of /proc/PID/stat after the command name (which may contain spaces).
+std::vector<std::string> stat_fields(const std::string& stat_path) {
+    std::string text = read_file(stat_path);
+    std::vector<std::string> fields;
+    std::size_t close = text.rfind(')');
+    if (close == std::string::npos) return fields;
+    std::istringstream rest(text.substr(close + 2));
+    std::string field;
+    while (rest >> field) fields.push_back(field);
+    return fields;  // fields[0] is the state (field 3 of proc(5))
+}
+
+}  // namespace
+
+Clock::duration scaled(Clock::duration d) {
+    static const double scale = [] {
+        const char* s = std::getenv("TEST_TIME_SCALE");
+        double v = s ? std::strtod(s, nullptr) : 1.0;
+        return v >= 1.0 ? v : 1.0;
+    }();
+    return std::chrono::duration_cast<Clock::duration>(d * scale);
+}
+
+double to_ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+std::string server_binary() {
+    if (const char* s = std::getenv("SERVER_BIN"); s && *s) return s;
+    char self[4096];
+    ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n < 0) fail_errno("readlink /proc/self/exe");
+    std::string path(self, static_cast<std::size_t>(n));
+    return path.substr(0, path.rfind('/') + 1) + "server";
+}
+
+// ---- the server process -------------------------------------------------------
+
+std::string describe_status(int status) {
+    if (WIFEXITED(status)) return "exited with " + std::to_string(WEXITSTATUS(status));
+    if (WIFSIGNALED(status))
+        return "killed by signal " + std::to_string(WTERMSIG(status)) + " (" + strsignal(WTERMSIG(status)) + ")";
+    return "status " + std::to_string(status);
+}
+
+ServerProcess::ServerProcess(std::vector<std::string> args, std::string binary) {
+    if (::access(binary.c_str(), X_OK) != 0) fail_errno("server binary " + binary);
+    char log_template[] = "/tmp/server-log-XXXXXX";
+    common::UniqueFd log_fd(::mkostemp(log_template, O_CLOEXEC));
+    if (!log_fd) fail_errno("mkostemp /tmp/server-log-XXXXXX");
+    log_path_ = log_template;
+
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) != 0) fail_errno("pipe2");
+    common::UniqueFd out_read(out[0]), out_write(out[1]);
+
+    std::vector<std::string> argv_strings{binary, "--port", "0"};
+    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& s : argv_strings) argv.push_back(s.data());
+    argv.push_back(nullptr);
+
+    pid_ = ::fork();
+    if (pid_ < 0) fail_errno("fork");
+    if (pid_ == 0) {
+        // Child: only async-signal-safe calls until exec.
+        ::dup2(out_write.get(), STDOUT_FILENO);
+        ::dup2(log_fd.get(), STDERR_FILENO);
+        signal(SIGPIPE, SIG_DFL);  // the server must install its own handling
+        ::execv(argv[0], argv.data());
+        _exit(127);
+    }
+    out_write.reset();
+
+    // Wait for "listening on HOST:PORT\n".
+    std::string line;
+    const Clock::time_point deadline = Clock::now() + scaled(10s);
+    while (line.find('\n') == std::string::npos) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        pollfd p{out_read.get(), POLLIN, 0};
+        int ready = left > 0 ? ::poll(&p, 1, static_cast<int>(left)) : 0;
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready <= 0) {
+            stop(2s);
+            throw std::runtime_error("server " + binary + " printed no ready line within the deadline; log:\n" + log());
+        }
+        char buf[256];
+        ssize_t n = ::read(out_read.get(), buf, sizeof buf);
+        if (n <= 0) {
+            int status = 0;
+            ::waitpid(pid_, &status, 0);
+            reaped_ = true;
+            throw std::runtime_error("server " + binary + " " + describe_status(status) +
+                                     " before it was ready; log:\n" + log());
+        }
+        line.append(buf, static_cast<std::size_t>(n));
+    }
+    const std::string prefix = "listening on ";
+    std::size_t colon = line.rfind(':');
+    if (line.compare(0, prefix.size(), prefix) != 0 || colon == std::string::npos)
+        throw std::runtime_error("unexpected ready line: " + line);
+    unsigned port = 0;
+    std::from_chars(line.data() + colon + 1, line.data() + line.size(), port);
+    if (port == 0 || port > 65535) throw std::runtime_error("no port in ready line: " + line);
+    port_ = static_cast<std::uint16_t>(port);
+}
+
+bool ServerProcess::running() {
+    if (reaped_) return false;
+    int status = 0;
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+        reaped_ = true;
+        died_on_its_own_ = true;
+        status_ = status;
+        return false;
+    }
+    return true;
+}
+
+int ServerProcess::stop(Clock::duration deadline, Clock::duration* took) {
+    const Clock::time_point start = Clock::now();
+    if (!running()) {
+        if (took) *took = Clock::duration::zero();
+        return status_;
+    }
+    ::kill(pid_, SIGTERM);
+    const Clock::time_point until = start + scaled(deadline);
+    int status = 0;
+    for (;;) {
+        pid_t r = ::waitpid(pid_, &status, WNOHANG);
+        if (r == pid_) break;
+        if (Clock::now() >= until) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, &status, 0);
+            break;
+        }
+        std::this_thread::sleep_for(2ms);  // polling a child's exit; the deadline bounds it
+    }
+    reaped_ = true;
+    status_ = status;
+    if (took) *took = Clock::now() - start;
+    return status;
+}
+
+ServerProcess::~ServerProcess() {
+    if (pid_ <= 0) return;
+    const bool was_running = running();
+    const bool died = died_on_its_own_;
+    int status = reaped_ ? status_ : stop();
+    const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (std::uncaught_exceptions() == 0 && (died || !clean)) {
+        // Reported here so that no test can pass with a crashed server.
+        FAIL_CHECK("the server " << (died && !was_running ? "died during the test: " : "stopped badly: ")
+                                 << describe_status(status) << "\n--- server log ---\n"
+                                 << log());
+    }
+    ::unlink(log_path_.c_str());
+}
+
+std::string ServerProcess::log() const {
+    std::string text = read_file(log_path_);
+    if (text.size() > 4000) text = "...\n" + text.substr(text.size() - 4000);
+    return text;
+}
+
+void ServerProcess::set_fd_limit(rlim_t soft) {
+    rlimit old{};
+    if (::prlimit(pid_, RLIMIT_NOFILE, nullptr, &old) != 0) fail_errno("prlimit get");
+    rlimit limit{soft, old.rlim_max};
+    if (::prlimit(pid_, RLIMIT_NOFILE, &limit, nullptr) != 0) fail_errno("prlimit set " + std::to_string(soft));
+}
+
+// ---- clients ----------------------------------------------------------------
+
+std::string get_request(std::string_view target, std::string_view extra_headers) {
+    std::string r = "GET " + std::string(target) + " HTTP/1.1\r\nHost: test\r\n";
+    r += extra_headers;
+    r += "\r\n";
+    return r;
+}
+
+Client::Client(std::uint16_t port) {
+    fd_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd_) fail_errno("socket");
+    int on = 1;
+    ::setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    // On loopback the kernel completes the handshake itself (even when the
+    // server is busy), so a blocking connect returns at once.
+    while (::connect(fd_.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+        if (errno != EINTR) fail_errno("connect 127.0.0.1:" + std::to_string(port));
+    }
+}
+
+void Client::send(std::string_view bytes, Clock::duration timeout) {
+    const Clock::time_point deadline = Clock::now() + scaled(timeout);
+    while (!bytes.empty()) {
+        ssize_t n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            bytes.remove_prefix(static_cast<std::size_t>(n));
+            continue;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EINTR) fail_errno("send");
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) throw std::runtime_error("send: the server did not read our request in time");
+        pollfd p{fd_.get(), POLLOUT, 0};
+        ::poll(&p, 1, static_cast<int>(left));
+    }
+}
+
+bool Client::fill(Clock::time_point deadline) {
+    for (;;) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        pollfd p{fd_.get(), POLLIN, 0};
+        int ready = ::poll(&p, 1, static_cast<int>(std::max<long long>(left, 0)));
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready == 0) return false;
+        char buf[64 * 1024];
+        ssize_t n = ::recv(fd_.get(), buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            parser_.feed({buf, static_cast<std::size_t>(n)});
+            return true;
+        }
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        eof_ = true;  // EOF, or ECONNRESET
+        return true;
+    }
+}
+
+std::optional<http::ClientResponse> Client::read_response(Clock::duration timeout) {
+    const Clock::time_point deadline = Clock::now() + scaled(timeout);
+    http::ClientResponse response;
+    for (;;) {
+        if (parser_.next(response)) return response;
+        if (parser_.failed()) throw std::runtime_error("malformed response from the server");
+        if (eof_) throw std::runtime_error("the server closed the connection before a whole response");
+        if (!fill(deadline)) return std::nullopt;
+    }
+}
+
+http::ClientResponse Client::request(std::string_view raw, Clock::duration timeout) {
+    send(raw, timeout);
+    std::optional<http::ClientResponse> response = read_response(timeout);
+    if (!response) throw std::runtime_error("no response within " + std::to_string(to_ms(scaled(timeout))) + " ms");
+    return *response;
+}
+
+bool Client::wait_closed(Clock::duration timeout) {
+    const Clock::time_point deadline = Clock::now() + scaled(timeout);
+    while (!eof_)
+        if (!fill(deadline)) return false;
+    return true;
+}
+
+void Client::reset() {
+    linger l{1, 0};
+    ::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    fd_.reset();
+}
+
+void Client::set_receive_buffer(int bytes) {
+    if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes) != 0) fail_errno("setsockopt SO_RCVBUF");
+}
+
+http::ClientResponse get(std::uint16_t port, std::string_view target, Clock::duration timeout) {
+    Client client(port);
+    return client.request(get_request(target, "Connection: close\r\n"), timeout);
+}
+
+std::map<std::string, long long> stats(std::uint16_t port) {
+    // A flat JSON object of numbers and strings is all /stats ever returns.
+    std::string body = get(port, "/stats").body;
+    std::map<std::string, long long> values;
+    std::size_t pos = 0;
+    while ((pos = body.find('"', pos)) != std::string::npos) {
+        std::size_t end = body.find('"', pos + 1);
+        std::string key = body.substr(pos + 1, end - pos - 1);
+        std::size_t colon = body.find(':', end);
+        std::size_t value_start = body.find_first_not_of(' ', colon + 1);
+        if (body[value_start] == '"') {
+            pos = body.find('"', value_start + 1) + 1;
+            continue;
+        }
+        long long number = 0;
+        std::from_chars(body.data() + value_start, body.data() + body.size(), number);
+        values[key] = number;
+        pos = value_start;
+    }
+    return values;
+}
+
+std::string stats_model(std::uint16_t port) {
+    std::string body = get(port, "/stats").body;
+    const std::string key = "\"model\":\"";
+    std::size_t start = body.find(key);
+    if (start == std::string::npos) return "";
+    start += key.size();
+    return body.substr(start, body.find('"', start) - start);
+}
+
+// ---- concurrency ------------------------------------------------------------
+
+std::vector<Clock::duration> run_concurrently(int n, const std::function<void(int)>& job) {
+    std::vector<Clock::duration> durations(static_cast<std::size_t>(n));
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n));
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool go = false;
+    std::vector<std::thread> threads;
+    for (int i = 0; i < n; ++i) {
+        threads.emplace_back([&, i] {
+            {
+                std::unique_lock lock(mutex);
+                cv.wait(lock, [&] { return go; });
+            }
+            const Clock::time_point start = Clock::now();
+            try {
+                job(i);
+            } catch (...) {
+                errors[static_cast<std::size_t>(i)] = std::current_exception();
+            }
+            durations[static_cast<std::size_t>(i)] = Clock::now() - start;
+        });
+    }
+    {
+        std::lock_guard lock(mutex);
+        go = true;
+    }
+    cv.notify_all();
+    for (std::thread& t : threads) t.join();
+    for (std::exception_ptr& e : errors)
+        if (e) std::rethrow_exception(e);
+    return durations;
+}
+
+bool eventually(const std::function<bool()>& cond, Clock::duration timeout) {
+    const Clock::time_point deadline = Clock::now() + scaled(timeout);
+    for (;;) {
+        if (cond()) return true;
+        if (Clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(5ms);  // polling interval, not synchronisation
+    }
+}
+
+// ---- /proc ------------------------------------------------------------------
+
+double cpu_seconds(pid_t pid) {
+    std::vector<std::string> f = stat_fields("/proc/" + std::to_string(pid) + "/stat");
+    if (f.size() < 13) return -1;
+    // utime and stime are fields 14 and 15 of proc(5), in clock ticks.
+    const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+    return (std::stod(f[11]) + std::stod(f[12])) / ticks;
+}
+
+long thread_count(pid_t pid) { return status_field(pid, "Threads"); }
+long rss_kib(pid_t pid) { return status_field(pid, "VmRSS"); }
+long vm_kib(pid_t pid) { return status_field(pid, "VmSize"); }
+
+long open_fd_count(pid_t pid) {
+    DIR* dir = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
+    if (!dir) return -1;
+    long count = 0;
+    while (dirent* e = ::readdir(dir))
+        if (e->d_name[0] != '.') ++count;
+    ::closedir(dir);
+    return count;
+}
+
+long zombie_children(pid_t pid) {
+    DIR* dir = ::opendir("/proc");
+    if (!dir) return -1;
+    long zombies = 0;
+    while (dirent* e = ::readdir(dir)) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        std::vector<std::string> f = stat_fields(std::string("/proc/") + e->d_name + "/stat");
+        // fields[0] is the state, fields[1] the parent's pid.
+        if (f.size() > 1 && f[0] == "Z" && std::stol(f[1]) == pid) ++zombies;
+    }
+    ::closedir(dir);
+    return zombies;
+}
+
+bool sleeping_in_nanosleep(pid_t pid) {
+    const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+    DIR* dir = ::opendir(tasks.c_str());
+    if (!dir) return false;
+    bool found = false;
+    while (dirent* e = ::readdir(dir)) {
+        if (e->d_name[0] == '.') continue;
+        std::string text = read_file(tasks + "/" + e->d_name + "/syscall");
+        long nr = std::strtol(text.c_str(), nullptr, 10);
+#ifdef SYS_nanosleep
+        if (nr == SYS_nanosleep) found = true;
+#endif
+        if (nr == SYS_clock_nanosleep) found = true;
+    }
+    ::closedir(dir);
+    return found;
+}
+
+void raise_fd_limit(rlim_t n) {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) fail_errno("getrlimit RLIMIT_NOFILE");
+    if (limit.rlim_cur >= n) return;
+    limit.rlim_cur = std::min(n, limit.rlim_max);
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) fail_errno("setrlimit RLIMIT_NOFILE " + std::to_string(n));
+}
+
+}  // namespace harness

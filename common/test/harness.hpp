@@ -1,0 +1,142 @@
+// The test harness: start any chapter's server, talk to it with deadlines,
+// run clients at once, and read what the kernel knows about the server.
+//
+// Rules it helps keep: servers start on --port 0 and we wait for their ready
+// line; every wait has a deadline; counters beat clocks.
+#pragma once
+
+#include <sys/resource.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fd.hpp"
+#include "http_client.hpp"
+
+namespace harness {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+// Deadlines, multiplied by $TEST_TIME_SCALE (set for sanitizer builds).
+// Only ever used for "give up after", never for "wait this long".
+Clock::duration scaled(Clock::duration d);
+
+double to_ms(Clock::duration d);
+
+// The server under test: $SERVER_BIN, or the "server" beside this test binary.
+std::string server_binary();
+
+// ---- the server process -------------------------------------------------------
+
+class ServerProcess {
+public:
+    // Starts BINARY --port 0 ARGS..., waits (with a deadline) for its
+    // "listening on HOST:PORT" line. Its stderr goes to a log file.
+    explicit ServerProcess(std::vector<std::string> args = {}, std::string binary = server_binary());
+    ServerProcess(const ServerProcess&) = delete;
+    ServerProcess& operator=(const ServerProcess&) = delete;
+    // Stops the server if it still runs, and fails the current test if it had
+    // died on its own or did not exit with status 0.
+    ~ServerProcess();
+
+    std::uint16_t port() const { return port_; }
+    pid_t pid() const { return pid_; }
+
+    // True while the process has not exited.
+    bool running();
+    // Sends SIGTERM and waits for the exit status (SIGKILL after the deadline).
+    // Returns the waitpid status; `took` receives how long the exit took.
+    int stop(Clock::duration deadline = 10s, Clock::duration* took = nullptr);
+    // The server's stderr so far.
+    std::string log() const;
+    // Sets the server's RLIMIT_NOFILE soft limit (prlimit(2) on the child).
+    void set_fd_limit(rlim_t soft);
+
+private:
+    pid_t pid_ = -1;
+    std::uint16_t port_ = 0;
+    std::string log_path_;
+    bool reaped_ = false;
+    bool died_on_its_own_ = false;
+    int status_ = 0;
+};
+
+// "exited with 0", "killed by signal 11 (Segmentation fault)", ...
+std::string describe_status(int status);
+
+// ---- clients ----------------------------------------------------------------
+
+std::string get_request(std::string_view target, std::string_view extra_headers = "");
+
+class Client {
+public:
+    // Connects to 127.0.0.1:port (throws on failure).
+    explicit Client(std::uint16_t port);
+
+    int fd() const { return fd_.get(); }
+    // Sends all bytes within the deadline (throws on error or timeout).
+    void send(std::string_view bytes, Clock::duration timeout = 10s);
+    // One response, or nullopt if none completed within the timeout. Throws
+    // if the connection ended before a whole response arrived.
+    std::optional<http::ClientResponse> read_response(Clock::duration timeout);
+    // Sends a request and reads its response; throws if none within the timeout.
+    http::ClientResponse request(std::string_view raw, Clock::duration timeout = 10s);
+    // True if the server closed the connection (EOF or RST) within the timeout.
+    // Bytes that arrive meanwhile are kept and can still be parsed.
+    bool wait_closed(Clock::duration timeout);
+    // Bytes received but not yet parsed into a response.
+    std::size_t unparsed_bytes() const { return parser_.buffered(); }
+    // Closes with SO_LINGER 0, so the kernel sends RST instead of FIN.
+    void reset();
+    void close() { fd_.reset(); }
+    void set_receive_buffer(int bytes);
+
+private:
+    // Reads what is available within the deadline; false on timeout, true on
+    // data; sets eof_ on EOF or error.
+    bool fill(Clock::time_point deadline);
+
+    common::UniqueFd fd_;
+    http::ResponseParser parser_;
+    bool eof_ = false;
+};
+
+// GET target on a fresh connection with "Connection: close".
+http::ClientResponse get(std::uint16_t port, std::string_view target, Clock::duration timeout = 10s);
+
+// GET /stats, as name -> number (the "model" string is under stats_model()).
+std::map<std::string, long long> stats(std::uint16_t port);
+std::string stats_model(std::uint16_t port);
+
+// ---- concurrency ------------------------------------------------------------
+
+// Runs job(i) for i in 0..n-1, each on its own thread, released together.
+// Returns each job's duration. Rethrows the first exception a job threw.
+std::vector<Clock::duration> run_concurrently(int n, const std::function<void(int)>& job);
+
+// Polls cond every few milliseconds until it holds or the timeout passes.
+bool eventually(const std::function<bool()>& cond, Clock::duration timeout = 5s);
+
+// ---- what /proc says about a process ----------------------------------------
+
+double cpu_seconds(pid_t pid);          // user + system time of all its threads
+long thread_count(pid_t pid);
+long rss_kib(pid_t pid);                // resident memory
+long vm_kib(pid_t pid);                 // virtual memory
+long open_fd_count(pid_t pid);
+long zombie_children(pid_t pid);        // children that exited and were not reaped
+// True if some thread of pid is blocked in nanosleep/clock_nanosleep (a /sleep handler).
+bool sleeping_in_nanosleep(pid_t pid);
+
+// Raises this process's RLIMIT_NOFILE soft limit to at least n (up to the hard limit).
+void raise_fd_limit(rlim_t n);
+
+}  // namespace harness

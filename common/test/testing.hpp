@@ -1,0 +1,9 @@
+// Catch2 2.x (a single header, Debian) and 3.x (a library, Ubuntu 24.04 and
+// Homebrew) from the same test sources.
+#pragma once
+
+#if __has_include(<catch2/catch_all.hpp>)
+#include <catch2/catch_all.hpp>
+#else
+#include <catch2/catch.hpp>
+#endif
