@@ -120,6 +120,8 @@ std::string stats_model(std::uint16_t port);
 
 // Runs job(i) for i in 0..n-1, each on its own thread, released together.
 // Returns each job's duration. Rethrows the first exception a job threw.
+// Catch2's CHECK and REQUIRE are not thread-safe: a job stores its results
+// (in a slot of its own, indexed by i) and the test checks them afterwards.
 std::vector<Clock::duration> run_concurrently(int n, const std::function<void(int)>& job);
 
 // Polls cond every few milliseconds until it holds or the timeout passes.

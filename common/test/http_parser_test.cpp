@@ -169,7 +169,8 @@ TEST_CASE("malformed requests and their statuses", "[parser]") {
     CHECK(error_of("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n") == 400);
     CHECK(error_of("GET / HTTP/1.1\r\nA: b\r\n  folded\r\n\r\n") == 400);
     CHECK(error_of("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n") == 400);
-    CHECK(error_of(std::string("GET / HTTP/1.1\r\nA: b\0c\r\n\r\n", 28)) == 400);
+    using namespace std::string_literals;
+    CHECK(error_of("GET / HTTP/1.1\r\nA: b\0c\r\n\r\n"s) == 400);
 }
 
 TEST_CASE("Content-Length and Transfer-Encoding", "[parser]") {

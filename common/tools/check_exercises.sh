@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Checks every lab: the committed skeleton is what `make exercises` would
+# generate from the solution, the solution passes the lab's tests, and the
+# untouched skeleton fails them (a lab whose tests pass without any work
+# teaches nothing).
+#   usage: check_exercises.sh BUILD_DIR solutions/NN_name...
+set -u
+build=$1
+shift
+problems=0
+for solution in "$@"; do
+  name=${solution#solutions/}
+  exercise=exercises/$name
+  echo "==> $name"
+  if ! "$build/tools/markers" skeleton "$solution/server.cpp" | diff -u "$exercise/server.cpp" - >/dev/null; then
+    echo "!! $exercise/server.cpp is not up to date with $solution/server.cpp: run 'make exercises'"
+    problems=$((problems + 1))
+  fi
+  if "$build/solutions/$name/test" >/dev/null 2>&1; then
+    echo "   solution passes its lab tests and the behaviour suite"
+  else
+    echo "!! the solution fails: $build/solutions/$name/test"
+    problems=$((problems + 1))
+  fi
+  if "$build/exercises/$name/test" "[lab]" >/dev/null 2>&1; then
+    echo "!! the untouched skeleton passes the lab tests: they test nothing"
+    problems=$((problems + 1))
+  else
+    echo "   the untouched skeleton fails the lab tests, as it should"
+  fi
+  if ! "$build/exercises/$name/test" "~[lab]" >/dev/null 2>&1; then
+    echo "!! the skeleton fails the behaviour suite: it must build and serve before the lab starts"
+    problems=$((problems + 1))
+  fi
+done
+[ "$problems" -eq 0 ] && echo "exercises: all good" || { echo "exercises: $problems problem(s)"; exit 1; }
