@@ -61,7 +61,8 @@ TEST_CASE("the routes of the contract", "[behaviour]") {
     SECTION("/work burns CPU time in the server") {
         const double before = cpu_seconds(server.pid());
         CHECK(get(port, "/work?ms=100").status == 200);
-        CHECK(cpu_seconds(server.pid()) - before >= 0.08);  // clock ticks are 10 ms
+        // Clock ticks are 10 ms; a forked child's time counts once it is reaped.
+        CHECK(eventually([&] { return cpu_seconds(server.pid()) - before >= 0.08; }, 5s));
     }
     SECTION("/bytes sends n bytes of the pattern") {
         http::ClientResponse r = get(port, "/bytes?n=1000003");
@@ -90,7 +91,7 @@ TEST_CASE("the routes of the contract", "[behaviour]") {
             CHECK(s.count(key) == 1);
         }
         CHECK(s["threads"] >= 1);
-        CHECK(s["requests"] >= 2);  // the two /stats requests, at least
+        CHECK(s["requests"] >= 1);  // this request, at least (chapter 02 shows why not more)
         CHECK_FALSE(stats_model(port).empty());
     }
     SECTION("unknown path 404, wrong method 405 with Allow") {
@@ -306,7 +307,7 @@ TEST_CASE("SIGTERM lets a response in progress finish", "[behaviour]") {
     c.send(get_request("/sleep?ms=500"));
     // Wait until the handler is really sleeping, then ask the server to stop.
     REQUIRE(eventually([&] { return sleeping_in_nanosleep(server.pid()); }, 5s));
-    REQUIRE(::kill(server.pid(), SIGTERM) == 0);
+    server.send_signal(SIGTERM);
     std::optional<http::ClientResponse> r = c.read_response(5s);
     REQUIRE(r);
     CHECK(r->status == 200);

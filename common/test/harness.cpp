@@ -163,11 +163,16 @@ bool ServerProcess::running() {
     pid_t r = ::waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
         reaped_ = true;
-        died_on_its_own_ = true;
+        died_on_its_own_ = !stop_requested_;
         status_ = status;
         return false;
     }
     return true;
+}
+
+void ServerProcess::send_signal(int signo) {
+    if (signo == SIGTERM || signo == SIGINT) stop_requested_ = true;
+    if (!reaped_ && ::kill(pid_, signo) != 0) fail_errno("kill " + std::to_string(pid_));
 }
 
 int ServerProcess::stop(Clock::duration deadline, Clock::duration* took) {
@@ -176,7 +181,7 @@ int ServerProcess::stop(Clock::duration deadline, Clock::duration* took) {
         if (took) *took = Clock::duration::zero();
         return status_;
     }
-    ::kill(pid_, SIGTERM);
+    send_signal(SIGTERM);
     const Clock::time_point until = start + scaled(deadline);
     int status = 0;
     for (;;) {
@@ -400,12 +405,36 @@ bool eventually(const std::function<bool()>& cond, Clock::duration timeout) {
 
 // ---- /proc ------------------------------------------------------------------
 
+std::vector<pid_t> process_tree(pid_t pid) {
+    // Parent of every process, from /proc/*/stat; then a walk down from pid.
+    std::vector<std::pair<pid_t, pid_t>> parent_of;  // (pid, ppid)
+    if (DIR* dir = ::opendir("/proc")) {
+        while (dirent* e = ::readdir(dir)) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            std::vector<std::string> f = stat_fields(std::string("/proc/") + e->d_name + "/stat");
+            if (f.size() > 1) parent_of.emplace_back(std::atoi(e->d_name), std::stoi(f[1]));
+        }
+        ::closedir(dir);
+    }
+    std::vector<pid_t> tree{pid};
+    for (std::size_t i = 0; i < tree.size(); ++i)
+        for (auto [child, parent] : parent_of)
+            if (parent == tree[i]) tree.push_back(child);
+    return tree;
+}
+
 double cpu_seconds(pid_t pid) {
-    std::vector<std::string> f = stat_fields("/proc/" + std::to_string(pid) + "/stat");
-    if (f.size() < 13) return -1;
-    // utime and stime are fields 14 and 15 of proc(5), in clock ticks.
+    // utime, stime (fields 14, 15 of proc(5)) of every live process in the
+    // tree, plus cutime, cstime (16, 17): children that exited and were reaped.
     const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
-    return (std::stod(f[11]) + std::stod(f[12])) / ticks;
+    double total = 0;
+    for (pid_t p : process_tree(pid)) {
+        std::vector<std::string> f = stat_fields("/proc/" + std::to_string(p) + "/stat");
+        if (f.size() < 15) continue;
+        total += std::stod(f[11]) + std::stod(f[12]);
+        if (p == pid) total += std::stod(f[13]) + std::stod(f[14]);
+    }
+    return total / ticks;
 }
 
 long thread_count(pid_t pid) { return status_field(pid, "Threads"); }
@@ -437,21 +466,24 @@ long zombie_children(pid_t pid) {
 }
 
 bool sleeping_in_nanosleep(pid_t pid) {
-    const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
-    DIR* dir = ::opendir(tasks.c_str());
-    if (!dir) return false;
-    bool found = false;
-    while (dirent* e = ::readdir(dir)) {
-        if (e->d_name[0] == '.') continue;
-        std::string text = read_file(tasks + "/" + e->d_name + "/syscall");
-        long nr = std::strtol(text.c_str(), nullptr, 10);
+    for (pid_t p : process_tree(pid)) {
+        const std::string tasks = "/proc/" + std::to_string(p) + "/task";
+        DIR* dir = ::opendir(tasks.c_str());
+        if (!dir) continue;
+        bool found = false;
+        while (dirent* e = ::readdir(dir)) {
+            if (e->d_name[0] == '.') continue;
+            std::string text = read_file(tasks + "/" + e->d_name + "/syscall");
+            long nr = std::strtol(text.c_str(), nullptr, 10);
 #ifdef SYS_nanosleep
-        if (nr == SYS_nanosleep) found = true;
+            if (nr == SYS_nanosleep) found = true;
 #endif
-        if (nr == SYS_clock_nanosleep) found = true;
+            if (nr == SYS_clock_nanosleep) found = true;
+        }
+        ::closedir(dir);
+        if (found) return true;
     }
-    ::closedir(dir);
-    return found;
+    return false;
 }
 
 void raise_fd_limit(rlim_t n) {

@@ -52,6 +52,8 @@ public:
 
     // True while the process has not exited.
     bool running();
+    // Sends a signal; an exit after SIGTERM or SIGINT sent this way is expected.
+    void send_signal(int signo);
     // Sends SIGTERM and waits for the exit status (SIGKILL after the deadline).
     // Returns the waitpid status; `took` receives how long the exit took.
     int stop(Clock::duration deadline = 10s, Clock::duration* took = nullptr);
@@ -66,6 +68,7 @@ private:
     std::string log_path_;
     bool reaped_ = false;
     bool died_on_its_own_ = false;
+    bool stop_requested_ = false;  // by this harness: an exit is expected
     int status_ = 0;
 };
 
@@ -129,13 +132,17 @@ bool eventually(const std::function<bool()>& cond, Clock::duration timeout = 5s)
 
 // ---- what /proc says about a process ----------------------------------------
 
-double cpu_seconds(pid_t pid);          // user + system time of all its threads
+// The process and all its descendants (chapter 02's children, for example).
+std::vector<pid_t> process_tree(pid_t pid);
+// User + system time of the process tree: all threads, live descendants, and
+// children that exited and were reaped.
+double cpu_seconds(pid_t pid);
 long thread_count(pid_t pid);
 long rss_kib(pid_t pid);                // resident memory
 long vm_kib(pid_t pid);                 // virtual memory
 long open_fd_count(pid_t pid);
 long zombie_children(pid_t pid);        // children that exited and were not reaped
-// True if some thread of pid is blocked in nanosleep/clock_nanosleep (a /sleep handler).
+// True if a thread in pid's process tree is blocked in nanosleep (a /sleep handler).
 bool sleeping_in_nanosleep(pid_t pid);
 
 // Raises this process's RLIMIT_NOFILE soft limit to at least n (up to the hard limit).

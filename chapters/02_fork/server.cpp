@@ -1,0 +1,140 @@
+// Chapter 02: a process per connection (fork).
+//
+// Model:   the parent only accepts. For each client it forks a child, which
+//          serves that client with chapter 01's blocking code and exits.
+// Shows:   fork(2) gives every client its own blocking loop, so a silent client
+//          stalls only its own process; the parent must reap its children
+//          (SIGCHLD + waitpid) or they stay as zombies; after fork nothing is
+//          shared: a counter a child increments never changes in the parent.
+// Cannot:  share state between clients cheaply (each child has a copy of the
+//          parent's memory); a process per connection costs a fork and a
+//          process's worth of kernel memory, so thousands of clients are heavy.
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <exception>
+#include <system_error>
+
+#include "error.hpp"
+#include "fd.hpp"
+#include "http.hpp"
+#include "server.hpp"
+#include "stats.hpp"
+
+namespace {
+
+// Serves one client until it closes, asks to close, or sends something we
+// cannot parse. The same blocking code as chapter 01: here it blocks only
+// the child process it runs in.
+void serve_client(int fd, const std::string& peer, common::Stats& stats) {
+    http::RequestParser parser;
+    char buffer[16 * 1024];
+    for (;;) {
+        // Answer every complete request already received (pipelining) first.
+        for (http::ParseResult r = parser.next(); r.kind != http::ParseResult::need_more; r = parser.next()) {
+            http::Reply reply = http::respond(r, stats);
+            if (!common::send_all(fd, reply.bytes, peer)) return;
+            if (reply.close_after) {
+                common::shutdown_and_drain(fd);
+                return;
+            }
+        }
+        ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks until bytes arrive
+        if (n > 0) {
+            parser.feed({buffer, static_cast<std::size_t>(n)});
+        } else if (n == 0) {
+            return;  // the client closed its side
+        } else if (errno == EINTR) {
+            if (common::stop_requested()) return;  // SIGTERM while we waited: stop here
+        } else {
+            common::log_client_error("recv", peer, errno);
+            return;
+        }
+    }
+}
+
+// ANCHOR: reap_children
+// In this model a child is a connection: connections_open counts live children.
+std::atomic<std::uint64_t>* g_live_children = nullptr;
+
+// A child that exits stays a zombie until its parent collects its status.
+// Reap every child that has exited (several SIGCHLDs may merge into one).
+// Only async-signal-safe calls here; waitpid may clobber errno, so save it.
+void on_sigchld(int) {
+    const int saved_errno = errno;
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) g_live_children->fetch_sub(1);
+    errno = saved_errno;
+}
+// ANCHOR_END: reap_children
+
+void install_sigchld_handler() {
+    struct sigaction action{};
+    action.sa_handler = on_sigchld;
+    sigemptyset(&action.sa_mask);
+    // No SA_RESTART, like the stop signals: accept() returns EINTR and we loop.
+    action.sa_flags = SA_NOCLDSTOP;
+    if (::sigaction(SIGCHLD, &action, nullptr) != 0) common::throw_errno("sigaction SIGCHLD");
+}
+
+// ANCHOR: child
+// Runs in the child: serve one client, then exit without returning to the
+// parent's accept loop.
+[[noreturn]] void run_child(common::UniqueFd listener, common::Accepted client, pid_t parent,
+                            common::Stats& stats) {
+    listener.reset();  // the child never accepts; only the parent holds the listener
+    // If the parent goes away (SIGTERM), we get SIGTERM too and finish up,
+    // instead of living on as an orphan with an idle client.
+    if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent) _exit(0);
+    serve_client(client.fd.get(), client.peer, stats);
+    client.fd.reset();
+    _exit(0);  // not exit(): the parent's atexit handlers and stdio buffers are not ours to run
+}
+// ANCHOR_END: child
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const common::ServerConfig config =
+        common::parse_command_line(argc, argv, "Chapter 02: a server that forks a process per connection.");
+    try {
+        common::install_stop_handlers();
+        common::Stats stats("fork");
+        g_live_children = &stats.connections_open;
+        install_sigchld_handler();
+        common::UniqueFd listener = common::listen_tcp(config);
+        common::announce_listening(listener.get());
+        const pid_t parent = ::getpid();
+
+        // ANCHOR: accept_loop
+        while (!common::stop_requested()) {
+            common::Accepted client = common::accept_client(listener.get());
+            if (client.status != common::Accepted::accepted) continue;  // EINTR (SIGCHLD too), aborted, shed
+            stats.connections_total.fetch_add(1);
+            g_live_children->fetch_add(1);  // before fork: the SIGCHLD handler may run right after it
+            const pid_t pid = ::fork();
+            if (pid == 0) run_child(std::move(listener), std::move(client), parent, stats);
+            if (pid < 0) {  // out of processes or memory: tell this client, keep serving others
+                g_live_children->fetch_sub(1);
+                common::log_client_error("fork for", client.peer, errno);
+                common::send_all(client.fd.get(), http::serialize(http::error_response(503, "cannot fork"), false),
+                                 client.peer);
+                common::shutdown_and_drain(client.fd.get());
+            }
+            // The parent closes its copy of the socket (at the end of this
+            // iteration); the connection lives on in the child.
+        }
+        // ANCHOR_END: accept_loop
+        // Children learn of our exit through PR_SET_PDEATHSIG and finish their
+        // responses on their own.
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 1;
+    }
+}

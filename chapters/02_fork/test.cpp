@@ -1,0 +1,63 @@
+// Chapter 02's own tests: a process per connection. The shared behaviour
+// suite (common/test/behaviour_suite.cpp) is linked in too.
+#include <algorithm>
+
+#include "harness.hpp"
+#include "testing.hpp"
+
+using namespace harness;
+
+TEST_CASE("a silent client no longer blocks the others", "[chapter02][lesson]") {
+    ServerProcess server;
+    Client silent(server.port());  // its own child waits for it; nobody else does
+    Client second(server.port());
+    second.send(get_request("/"));
+    std::optional<http::ClientResponse> r = second.read_response(5s);
+    REQUIRE(r);
+    CHECK(r->status == 200);
+}
+
+TEST_CASE("ten concurrent /sleep?ms=300 overlap", "[chapter02][lesson]") {
+    ServerProcess server;
+    std::vector<int> status(10);
+    const Clock::time_point start = Clock::now();
+    run_concurrently(10, [&](int i) { status[static_cast<std::size_t>(i)] = get(server.port(), "/sleep?ms=300").status; });
+    const double total_ms = to_ms(Clock::now() - start);
+    INFO("total " << total_ms << " ms");
+    CHECK(status == std::vector<int>(10, 200));
+    CHECK(total_ms >= 300);
+    CHECK(total_ms < 1500);  // one at a time would take 3000 ms; generous for a loaded machine
+}
+
+TEST_CASE("no zombie children remain after 50 connections", "[chapter02]") {
+    ServerProcess server;
+    for (int i = 0; i < 50; ++i) REQUIRE(get(server.port(), "/").status == 200);
+    // Each child exits after its client leaves; the parent must reap it.
+    CHECK(eventually([&] { return zombie_children(server.pid()) == 0; }, 5s));
+    CHECK(eventually([&] { return stats(server.port())["connections_open"] == 1; }, 5s));  // only the /stats child
+}
+
+TEST_CASE("counters in children never reach the parent", "[chapter02][lesson]") {
+    ServerProcess server;
+    for (int i = 0; i < 5; ++i) REQUIRE(get(server.port(), "/").status == 200);
+    auto s = stats(server.port());
+    // The parent accepted six connections and counted them before forking...
+    CHECK(s["connections_total"] == 6);
+    // ...but each request was counted in a child's copy of the memory, which
+    // vanished with the child. The child answering /stats saw only its own request.
+    CHECK(s["requests"] == 1);
+    CHECK(stats_model(server.port()) == "fork");
+}
+
+TEST_CASE("each connection gets its own process", "[chapter02]") {
+    ServerProcess server;
+    std::vector<std::unique_ptr<Client>> clients;
+    for (int i = 0; i < 5; ++i) {
+        clients.push_back(std::make_unique<Client>(server.port()));
+        CHECK(clients.back()->request(get_request("/")).status == 200);  // answered: its child exists
+    }
+    CHECK(stats(server.port())["connections_open"] == 6);  // 5 idle children + the one serving /stats
+    CHECK(thread_count(server.pid()) == 1);                 // processes, not threads
+    clients.clear();
+    CHECK(eventually([&] { return stats(server.port())["connections_open"] == 1; }, 5s));
+}
