@@ -308,4 +308,32 @@ void log_client_error(std::string_view call, std::string_view peer, int error) {
     log_line(std::string(call) + " " + std::string(peer) + ": " + std::strerror(error));
 }
 
+// ---- threaded servers ----------------------------------------------------------
+
+OpenConnections::Entry OpenConnections::add(int fd) {
+    std::lock_guard lock(mutex_);
+    fds_.insert(fd);
+    if (stopping_) ::shutdown(fd, SHUT_RD);
+    return Entry(*this, fd);
+}
+
+void OpenConnections::remove(int fd) {
+    std::lock_guard lock(mutex_);
+    fds_.erase(fd);
+    // Notified under the lock: the waiter cannot return (and destroy us)
+    // before we are done with the mutex.
+    if (fds_.empty()) empty_.notify_all();
+}
+
+void OpenConnections::shut_down_reading_all() {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    for (int fd : fds_) ::shutdown(fd, SHUT_RD);  // ENOTCONN if the peer is gone: nothing to wake
+}
+
+void OpenConnections::wait_until_empty() {
+    std::unique_lock lock(mutex_);
+    empty_.wait(lock, [this] { return fds_.empty(); });
+}
+
 }  // namespace common

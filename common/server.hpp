@@ -4,12 +4,19 @@
 // recv, and when) always stays in the chapter's server.cpp.
 #pragma once
 
+#include <pthread.h>
 #include <sys/socket.h>
 
+#include <condition_variable>
+#include <csignal>
 #include <cstdint>
 #include <initializer_list>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <unordered_set>
+#include <utility>
 
 #include "fd.hpp"
 
@@ -101,5 +108,64 @@ void log_line(std::string_view line);
 
 // "127.0.0.1:8080" or "[::1]:8080" for a socket's local or peer address.
 std::string format_address(const sockaddr* address, socklen_t length);
+
+// ---- threaded servers (chapters 03, 04, 10, 11) -------------------------------
+
+// Starts a thread with SIGINT and SIGTERM blocked. The kernel delivers a
+// process-directed signal to any thread that does not block it; this way it
+// reaches the main thread, the one blocked in accept() that must react.
+template <typename F>
+std::thread start_thread_without_stop_signals(F&& body) {
+    sigset_t stop_signals, previous;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, &previous);  // the new thread inherits this mask
+    try {
+        std::thread thread(std::forward<F>(body));
+        pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+        return thread;
+    } catch (...) {
+        pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+        throw;
+    }
+}
+
+// The connections that threads are serving right now. A thread blocked in
+// recv() never sees SIGTERM; to stop it, shutdown(fd, SHUT_RD) makes its
+// recv() return 0 (after any bytes already received), as if the client had
+// closed. Sending is not affected, so responses in progress still complete.
+class OpenConnections {
+public:
+    class Entry {
+    public:
+        Entry(OpenConnections& owner, int fd) : owner_(&owner), fd_(fd) {}
+        Entry(Entry&& other) noexcept : owner_(std::exchange(other.owner_, nullptr)), fd_(other.fd_) {}
+        Entry& operator=(Entry&&) = delete;
+        ~Entry() {
+            if (owner_) owner_->remove(fd_);
+        }
+
+    private:
+        OpenConnections* owner_;
+        int fd_;
+    };
+
+    // Registers fd until the returned Entry is destroyed: destroy it before
+    // closing fd. After stopping began, fd is shut down for reading at once.
+    [[nodiscard]] Entry add(int fd);
+    // Wakes every registered reader, now and from now on.
+    void shut_down_reading_all();
+    // Blocks until every Entry is gone. The grace alarm bounds the wait.
+    void wait_until_empty();
+
+private:
+    void remove(int fd);
+
+    std::mutex mutex_;
+    std::condition_variable empty_;
+    std::unordered_set<int> fds_;
+    bool stopping_ = false;
+};
 
 }  // namespace common
