@@ -22,7 +22,10 @@ bool ResponseParser::next(ClientResponse& out) {
     std::size_t line_end = head.find("\r\n");
     std::string_view status_line = head.substr(0, line_end);
     // "HTTP/1.1 200 OK"
-    if (status_line.size() < 12 || status_line.substr(0, 7) != "HTTP/1." || status_line[8] != ' ') {
+    auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+    if (status_line.size() < 12 || status_line.substr(0, 7) != "HTTP/1." || !is_digit(status_line[7]) ||
+        status_line[8] != ' ' || !is_digit(status_line[9]) || !is_digit(status_line[10]) ||
+        !is_digit(status_line[11])) {
         failed_ = true;
         return false;
     }
@@ -39,7 +42,8 @@ bool ResponseParser::next(ClientResponse& out) {
             return false;
         }
         std::string_view value = line.substr(colon + 1);
-        while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+        while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+        while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
         response.headers.push_back({std::string(line.substr(0, colon)), std::string(value)});
     }
     if (const std::string* cl = response.header("Content-Length")) {

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <csignal>
@@ -148,11 +149,14 @@ void announce_listening(int listen_fd) {
 
 namespace {
 
-volatile std::sig_atomic_t g_stop = 0;
+// Written by a signal handler, read by every thread: volatile sig_atomic_t
+// would do for one thread, but across threads it must be a lock-free atomic
+// (which is also safe to touch in a signal handler).
+std::atomic<bool> g_stop{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
 
 void on_stop_signal(int) {
-    if (!g_stop) alarm(kStopGraceSeconds);  // alarm(2) is async-signal-safe
-    g_stop = 1;
+    if (!g_stop.exchange(true)) alarm(kStopGraceSeconds);  // alarm(2) is async-signal-safe
 }
 
 void on_grace_expired(int) {
@@ -179,7 +183,7 @@ void install_stop_handlers() {
     install(SIGALRM, on_grace_expired);
 }
 
-bool stop_requested() noexcept { return g_stop != 0; }
+bool stop_requested() noexcept { return g_stop.load(); }
 
 // ---- accepting --------------------------------------------------------------
 

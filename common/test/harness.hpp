@@ -138,6 +138,10 @@ std::vector<pid_t> process_tree(pid_t pid);
 // children that exited and were reaped.
 double cpu_seconds(pid_t pid);
 long thread_count(pid_t pid);
+// Threads the server itself started: ThreadSanitizer's runtime adds one
+// background thread to a process that has started threads. Give it a count
+// read from /proc (thread_count) or from /stats ("threads").
+long own_threads(long threads);
 long rss_kib(pid_t pid);                // resident memory
 long vm_kib(pid_t pid);                 // virtual memory
 long open_fd_count(pid_t pid);
