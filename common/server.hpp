@@ -61,6 +61,10 @@ void announce_listening(int listen_fd);
 // so a thread blocked in accept, recv or poll returns with EINTR and can look
 // at the flag. They also start a grace timer: if the server has not finished
 // its in-flight responses within kStopGraceSeconds, it exits 0 anyway.
+// The timer also closes a gap: a signal that arrives after a loop checked
+// stop_requested() but before it blocked in accept() or recv() interrupts
+// nothing. Closing that gap exactly takes ppoll/pselect or signalfd, which
+// the event-loop chapters use; the blocking chapters rely on the timer.
 inline constexpr unsigned kStopGraceSeconds = 2;
 void install_stop_handlers();
 bool stop_requested() noexcept;

@@ -37,6 +37,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats) {
                 return;
             }
         }
+        // ANCHOR: blocking_recv
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks until bytes arrive
         if (n > 0) {
             parser.feed({buffer, static_cast<std::size_t>(n)});
@@ -44,6 +45,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats) {
             return;  // the client closed its side
         } else if (errno == EINTR) {
             if (common::stop_requested()) return;  // SIGTERM while we waited: stop here
+        // ANCHOR_END: blocking_recv
         } else {
             common::log_client_error("recv", peer, errno);
             return;
@@ -68,11 +70,13 @@ int main(int argc, char** argv) {
             // Blocks until a client connects. Others who connect meanwhile wait
             // in the listen backlog: the kernel completes their handshake, but
             // nobody reads what they send until we come back here.
+            // ANCHOR: accept_one
             common::Accepted client = common::accept_client(listener.get());
             if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
             auto counted = stats.track_connection();
             serve_client(client.fd.get(), client.peer, stats);
-        }  // client.fd closes here
+            // ANCHOR_END: accept_one
+        }  // end of the iteration: `client` goes out of scope and its socket is closed
         // ANCHOR_END: accept_loop
         return 0;
     } catch (const std::exception& e) {

@@ -9,12 +9,12 @@ using namespace harness;
 
 TEST_CASE("a silent client makes the next client wait", "[chapter01][lesson]") {
     ServerProcess server;
-    auto silent = std::make_unique<Client>(server.port());  // connects and says nothing
+    Client silent(server.port());  // connects and says nothing
     Client second(server.port());
     second.send(get_request("/"));
     // Lower bound: nothing may come while the first client holds the server.
     CHECK_FALSE(second.read_response(300ms).has_value());
-    silent.reset();  // the first client leaves...
+    silent.close();  // the first client leaves (an ordinary close, FIN)...
     std::optional<http::ClientResponse> r = second.read_response(10s);  // ...and the second is served
     REQUIRE(r);
     CHECK(r->status == 200);

@@ -166,9 +166,13 @@ int process(const std::string& path, bool update) {
 
 int main(int argc, char** argv) {
     const std::string usage = "usage: markers skeleton FILE | markers check FILE... | markers update FILE...\n";
-    if (argc < 3) return std::cerr << usage, 2;
+    if (argc < 2) return std::cerr << usage, 2;
     const std::string command = argv[1];
     if (command == "skeleton") return argc == 3 ? skeleton(argv[2]) : (std::cerr << usage, 2);
+    if (argc == 2 && (command == "check" || command == "update")) {
+        std::cout << "no Markdown files with code blocks to " << command << "\n";
+        return 0;
+    }
     if (command != "check" && command != "update") return std::cerr << usage, 2;
     int problems = 0;
     for (int i = 2; i < argc; ++i) problems += process(argv[i], command == "update");
