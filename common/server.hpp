@@ -63,8 +63,8 @@ void announce_listening(int listen_fd);
 // its in-flight responses within kStopGraceSeconds, it exits 0 anyway.
 // The timer also closes a gap: a signal that arrives after a loop checked
 // stop_requested() but before it blocked in accept() or recv() interrupts
-// nothing. Closing that gap exactly takes ppoll/pselect or signalfd, which
-// the event-loop chapters use; the blocking chapters rely on the timer.
+// nothing. Closing that gap exactly takes pselect, ppoll, epoll_pwait or a
+// signalfd; the chapters that do not use one rely on the timer.
 inline constexpr unsigned kStopGraceSeconds = 2;
 void install_stop_handlers();
 bool stop_requested() noexcept;
