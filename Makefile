@@ -42,7 +42,7 @@ UNITS      := $(CHAPTERS) $(EXERCISES) $(SOLUTIONS)
 COMMON_SRC := $(filter-out common/loadgen.cpp,$(wildcard common/*.cpp))
 COMMON_OBJ := $(COMMON_SRC:%.cpp=$(BUILD)/%.o)
 COMMON_LIB := $(BUILD)/common/libcommon.a
-HARNESS_OBJ := $(BUILD)/common/test/harness.o $(BUILD)/common/test/behaviour_suite.o $(BUILD)/common/test/catch_main.o
+HARNESS_OBJ := $(BUILD)/common/test/harness.o $(BUILD)/common/test/scenarios.o $(BUILD)/common/test/behaviour_suite.o $(BUILD)/common/test/catch_main.o
 TOOLS      := $(BUILD)/tools/loadgen $(BUILD)/tools/markers
 
 SERVERS    := $(UNITS:%=$(BUILD)/%/server)

@@ -3,30 +3,25 @@
 #include <memory>
 
 #include "harness.hpp"
+#include "scenarios.hpp"
 #include "testing.hpp"
 
 using namespace harness;
 
 TEST_CASE("a silent client no longer blocks the others", "[chapter03][lesson]") {
     ServerProcess server;
-    Client silent(server.port());
-    Client second(server.port());
-    second.send(get_request("/"));
-    std::optional<http::ClientResponse> r = second.read_response(5s);
+    std::optional<http::ClientResponse> r = response_beside_silent_client(server.port(), 5s);
     REQUIRE(r);
     CHECK(r->status == 200);
 }
 
 TEST_CASE("ten concurrent /sleep?ms=300 overlap", "[chapter03][lesson]") {
     ServerProcess server;
-    std::vector<int> status(10);
-    const Clock::time_point start = Clock::now();
-    run_concurrently(10, [&](int i) { status[static_cast<std::size_t>(i)] = get(server.port(), "/sleep?ms=300").status; });
-    const double total_ms = to_ms(Clock::now() - start);
-    INFO("total " << total_ms << " ms");
-    CHECK(status == std::vector<int>(10, 200));
-    CHECK(total_ms >= 300);
-    CHECK(total_ms < 1500);  // one at a time would take 3000 ms
+    Batch batch = concurrent_gets(server.port(), 10, "/sleep?ms=300");
+    INFO("total " << batch.total_ms << " ms");
+    CHECK(batch.status == std::vector<int>(10, 200));
+    CHECK(batch.total_ms >= 300);
+    CHECK(batch.total_ms < 1500);  // one at a time would take 3000 ms
 }
 
 TEST_CASE("threads follow open connections up and back down", "[chapter03][lesson]") {

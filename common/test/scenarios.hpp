@@ -1,0 +1,50 @@
+// Scenarios that several chapters' tests run, each returning what it
+// observed; the chapter's test decides what its model must show (a limit
+// asserted in one chapter is a feature asserted in the next).
+#pragma once
+
+#include <vector>
+
+#include "harness.hpp"
+
+namespace harness {
+
+// A client connects and stays silent; a second sends GET /. Returns the
+// second's response if it arrived within `wait`, without closing the first.
+std::optional<http::ClientResponse> response_beside_silent_client(std::uint16_t port, Clock::duration wait);
+
+// n clients GET target at once. Returns the status of each and the wall time
+// of the whole batch (ms).
+struct Batch {
+    std::vector<int> status;
+    double total_ms = 0;
+};
+Batch concurrent_gets(std::uint16_t port, int n, const std::string& target);
+
+// Holds `idle` silent connections and measures the server over a one-second
+// window: CPU seconds per wall second, and the growth of a /stats counter.
+struct IdleCost {
+    double cpu_share = 0;        // CPU time / wall time
+    long long counter_delta = 0;  // of `counter`, across the window
+};
+IdleCost idle_cost(ServerProcess& server, int idle, const std::string& counter);
+
+// A client sends /sleep?ms=300; once the server sleeps in its handler, a
+// second sends GET /. Returns the ms from the first request to the second
+// answer (>= 300 when a slow handler stalls everyone).
+double quick_answer_after_slow_request_ms(ServerProcess& server);
+
+// A client asks for 16 MiB and does not read; meanwhile another GETs /.
+// Returns how long that GET took (ms) and whether the first client, reading
+// at last, received every byte intact.
+struct LargeResponse {
+    double other_client_ms = 0;
+    bool intact = false;
+};
+LargeResponse other_client_beside_unread_large_response(std::uint16_t port);
+
+// n clients send POST /echo one byte at a time, interleaved. Returns how
+// many got their own body back.
+int interleaved_byte_by_byte_clients(std::uint16_t port, int n);
+
+}  // namespace harness
