@@ -19,6 +19,7 @@
 
 #include "fd.hpp"
 #include "http_client.hpp"
+#include "proc.hpp"
 
 namespace harness {
 
@@ -130,24 +131,21 @@ std::vector<Clock::duration> run_concurrently(int n, const std::function<void(in
 // Polls cond every few milliseconds until it holds or the timeout passes.
 bool eventually(const std::function<bool()>& cond, Clock::duration timeout = 5s);
 
-// ---- what /proc says about a process ----------------------------------------
+// ---- what /proc says about a process (common/proc.hpp) ------------------------
 
-// The process and all its descendants (chapter 02's children, for example).
-std::vector<pid_t> process_tree(pid_t pid);
-// User + system time of the process tree: all threads, live descendants, and
-// children that exited and were reaped.
-double cpu_seconds(pid_t pid);
-long thread_count(pid_t pid);
+using common::proc::cpu_seconds;
+using common::proc::open_fd_count;
+using common::proc::process_tree;
+using common::proc::rss_kib;
+using common::proc::sleeping_in_nanosleep;
+using common::proc::thread_count;
+using common::proc::vm_kib;
+using common::proc::zombie_children;
+
 // Threads the server itself started: ThreadSanitizer's runtime adds one
 // background thread to a process that has started threads. Give it a count
 // read from /proc (thread_count) or from /stats ("threads").
 long own_threads(long threads);
-long rss_kib(pid_t pid);                // resident memory
-long vm_kib(pid_t pid);                 // virtual memory
-long open_fd_count(pid_t pid);
-long zombie_children(pid_t pid);        // children that exited and were not reaped
-// True if a thread in pid's process tree is blocked in nanosleep (a /sleep handler).
-bool sleeping_in_nanosleep(pid_t pid);
 
 // Raises this process's RLIMIT_NOFILE soft limit to at least n (up to the hard limit).
 void raise_fd_limit(rlim_t n);
