@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace common::proc {
@@ -82,6 +83,52 @@ long thread_count(pid_t pid) { return status_field(pid, "Threads"); }
 
 long rss_kib(pid_t pid) { return status_field(pid, "VmRSS"); }
 long vm_kib(pid_t pid) { return status_field(pid, "VmSize"); }
+
+double runnable_seconds(pid_t pid) {
+    double total_ns = 0;
+    for (pid_t p : process_tree(pid)) {
+        const std::string tasks = "/proc/" + std::to_string(p) + "/task";
+        DIR* dir = ::opendir(tasks.c_str());
+        if (!dir) continue;
+        while (dirent* e = ::readdir(dir)) {
+            if (e->d_name[0] == '.') continue;
+            std::ifstream in(tasks + "/" + e->d_name + "/schedstat");
+            double on_cpu_ns = 0, waiting_ns = 0;
+            if (in >> on_cpu_ns >> waiting_ns) total_ns += on_cpu_ns + waiting_ns;
+        }
+        ::closedir(dir);
+    }
+    return total_ns / 1e9;
+}
+
+long pss_kib(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    std::string key;
+    while (in >> key) {
+        if (key == "Pss:") {
+            long kib = -1;
+            in >> kib;
+            return kib;
+        }
+        in.ignore(4096, '\n');
+    }
+    return -1;
+}
+
+long socket_count(pid_t pid) {
+    const std::string fds = "/proc/" + std::to_string(pid) + "/fd";
+    DIR* dir = ::opendir(fds.c_str());
+    if (!dir) return -1;
+    long count = 0;
+    char target[64];
+    while (dirent* e = ::readdir(dir)) {
+        if (e->d_name[0] == '.') continue;
+        const ssize_t n = ::readlink((fds + "/" + e->d_name).c_str(), target, sizeof target - 1);
+        if (n > 0 && std::string_view(target, static_cast<std::size_t>(n)).starts_with("socket:")) ++count;
+    }
+    ::closedir(dir);
+    return count;
+}
 
 long open_fd_count(pid_t pid) {
     DIR* dir = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());

@@ -13,9 +13,19 @@ std::vector<pid_t> process_tree(pid_t pid);
 // User + system time of the process tree: all threads, live descendants, and
 // children that exited and were reaped.
 double cpu_seconds(pid_t pid);
+// Seconds the tree's threads were runnable: on a CPU or waiting in a run
+// queue for one (/proc/.../schedstat). A thread that never sleeps is runnable
+// all the time, however busy the machine; a sleeping one is not at all.
+double runnable_seconds(pid_t pid);
 long thread_count(pid_t pid);   // of this process only
 long rss_kib(pid_t pid);        // resident memory, of this process only
 long vm_kib(pid_t pid);         // virtual memory, of this process only
+// Proportional set size: resident memory with each shared page divided among
+// the processes sharing it, so a fork's copy-on-write pages are not counted
+// once per child. From /proc/PID/smaps_rollup; -1 if unavailable.
+long pss_kib(pid_t pid);
+// The sockets a process holds (its /proc/PID/fd entries that are sockets).
+long socket_count(pid_t pid);
 long open_fd_count(pid_t pid);
 long zombie_children(pid_t pid);  // children that exited and were not reaped
 // True if a thread in pid's process tree is blocked in nanosleep (a /sleep handler).

@@ -33,10 +33,12 @@ struct Connection {
     common::UniqueFd fd;
     std::string peer;
     http::RequestParser parser;
+    // ANCHOR: output_state
     std::string output;          // response bytes not yet accepted by the kernel
     std::size_t output_sent = 0;
     bool close_after_output = false;
     bool closed = false;
+    // ANCHOR_END: output_state
     common::Stats::ConnectionScope counted;
 };
 // ANCHOR_END: connection
@@ -64,11 +66,13 @@ void answer_requests(Connection& c, common::Stats& stats) {
 // all of it is gone. EAGAIN: the send buffer is full, try again next round.
 bool flush_output(Connection& c) {
     while (c.output_sent < c.output.size()) {
+        // ANCHOR: partial_write
         ssize_t n = ::send(c.fd.get(), c.output.data() + c.output_sent, c.output.size() - c.output_sent, MSG_NOSIGNAL);
         if (n >= 0) {
             c.output_sent += static_cast<std::size_t>(n);
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
             return false;
+        // ANCHOR_END: partial_write
         } else if (errno != EINTR) {
             common::log_client_error("send", c.peer, errno);
             c.closed = true;
@@ -89,6 +93,7 @@ bool flush_output(Connection& c) {
 // One attempt to read. EAGAIN means "nothing yet": we count it and move on.
 void try_read(Connection& c, common::Stats& stats, LoopCounters& counters) {
     char buffer[16 * 1024];
+    // ANCHOR: recv_eagain
     ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
     if (n > 0) {
         c.parser.feed({buffer, static_cast<std::size_t>(n)});
@@ -97,6 +102,7 @@ void try_read(Connection& c, common::Stats& stats, LoopCounters& counters) {
         c.closed = true;  // the client closed its side
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
         counters.eagain_reads.fetch_add(1, std::memory_order_relaxed);  // the spin, counted
+        // ANCHOR_END: recv_eagain
     } else if (errno != EINTR) {
         common::log_client_error("recv", c.peer, errno);
         c.closed = true;
@@ -107,9 +113,11 @@ void try_read(Connection& c, common::Stats& stats, LoopCounters& counters) {
 void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
                             common::Stats& stats) {
     for (;;) {
+        // ANCHOR: accept_nonblock
         common::Accepted client = common::accept_client(listener, SOCK_NONBLOCK);
         if (client.status == common::Accepted::would_block) return;  // nobody else is waiting
         if (client.status != common::Accepted::accepted) continue;
+        // ANCHOR_END: accept_nonblock
         connections.push_back(std::make_unique<Connection>(Connection{
             std::move(client.fd), std::move(client.peer), {}, {}, 0, false, false, stats.track_connection()}));
     }
@@ -123,8 +131,10 @@ int main(int argc, char** argv) {
     try {
         common::install_stop_handlers();
         common::Stats stats("busy_loop");
+        // ANCHOR: nonblocking_listener
         LoopCounters counters{stats.add_counter("eagain_reads"), stats.add_counter("loop_iterations")};
         common::UniqueFd listener = common::listen_tcp(config, SOCK_NONBLOCK);
+        // ANCHOR_END: nonblocking_listener
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
 
@@ -133,12 +143,14 @@ int main(int argc, char** argv) {
             counters.loop_iterations.fetch_add(1, std::memory_order_relaxed);
             const bool stopping = common::stop_requested();
             if (!stopping) accept_pending_clients(listener.get(), connections, stats);
+            // ANCHOR: round
             for (auto& c : connections) {
                 if (!c->output.empty()) flush_output(*c);  // finish a response before reading more
                 else if (stopping) c->closed = true;       // idle at shutdown: nothing to finish
                 else try_read(*c, stats, counters);
                 if (!c->closed && !c->output.empty()) flush_output(*c);
             }
+            // ANCHOR_END: round
             std::erase_if(connections, [](const auto& c) { return c->closed; });
             if (stopping && connections.empty()) break;
             // No sleep, no wait: straight back to the top. This is the problem.

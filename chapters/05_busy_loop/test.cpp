@@ -36,8 +36,12 @@ TEST_CASE("with idle clients the loop spins: EAGAIN after EAGAIN", "[chapter05][
 TEST_CASE("an idle busy loop burns a whole CPU", "[chapter05][lesson]") {
     ServerProcess server;
     IdleCost cost = idle_cost(server, 1, "eagain_reads");
-    INFO("server CPU share " << cost.cpu_share << " with no request at all; " << cost.counter_delta << " EAGAINs");
-    CHECK(cost.cpu_share >= 0.5);
+    INFO("with no request at all: CPU share " << cost.cpu_share << ", runnable share " << cost.runnable_share
+                                              << ", " << cost.counter_delta << " EAGAINs");
+    // It never sleeps: on a CPU, or waiting for one, the whole time. (How much
+    // of it is on a CPU depends on what else the machine runs; on an idle
+    // machine it is a whole core.)
+    CHECK(cost.runnable_share >= 0.9);
 }
 
 TEST_CASE("a slow handler stalls everyone: handlers run in the loop", "[chapter05][lesson]") {

@@ -113,9 +113,12 @@ void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection
         common::Accepted client = common::accept_client(listener, SOCK_NONBLOCK);
         if (client.status == common::Accepted::would_block) return;  // nobody else is waiting
         if (client.status != common::Accepted::accepted) continue;
+        // ANCHOR: fd_setsize_check
         if (client.fd.get() >= FD_SETSIZE) {
             // FD_SET would write past the end of the fd_set: refuse, never watch.
+            // (A fresh socket's send buffer is empty, so the short 503 fits.)
             counters.refused_fd_setsize.fetch_add(1, std::memory_order_relaxed);
+            // ANCHOR_END: fd_setsize_check
             common::log_line("select: fd " + std::to_string(client.fd.get()) + " of " + client.peer +
                              " is not below FD_SETSIZE (" + std::to_string(FD_SETSIZE) + "); refused");
             common::send_all(client.fd.get(), http::serialize(http::error_response(503, "too many connections"), false),
@@ -154,6 +157,7 @@ int main(int argc, char** argv) {
             // Interest: the listener and idle clients to read, clients with
             // output pending to write. select() overwrites the sets, so they
             // are rebuilt on every round.
+            // ANCHOR: interest
             fd_set readable, writable;
             FD_ZERO(&readable);
             FD_ZERO(&writable);
@@ -162,16 +166,25 @@ int main(int argc, char** argv) {
                 FD_SET(listener.get(), &readable);
                 max_fd = listener.get();
             }
+            // ANCHOR: interest_clients
             for (auto& c : connections) {
                 FD_SET(c->fd.get(), c->output.empty() ? &readable : &writable);
                 max_fd = std::max(max_fd, c->fd.get());
             }
+            // ANCHOR_END: interest_clients
+            // ANCHOR_END: interest
+            // ANCHOR: select_call
             const int ready = ::select(max_fd + 1, &readable, &writable, nullptr, nullptr);  // sleeps
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
                 common::throw_errno("select");
             }
+            // ANCHOR_END: select_call
+            // ANCHOR: dispatch
+            // ANCHOR: dispatch_clients
+            // New clients join the sets from the next round on (they were not
+            // in this round's sets, so FD_ISSET is false for them below).
             if (!stopping && FD_ISSET(listener.get(), &readable))
                 accept_pending_clients(listener.get(), connections, stats, counters);
             for (auto& c : connections) {
@@ -180,7 +193,9 @@ int main(int argc, char** argv) {
                 else if (FD_ISSET(fd, &readable)) read_ready(*c, stats);
                 if (!c->closed && !c->output.empty()) flush_output(*c);  // often it fits at once
             }
+            // ANCHOR_END: dispatch_clients
             std::erase_if(connections, [](const auto& c) { return c->closed; });
+            // ANCHOR_END: dispatch
         }
         // ANCHOR_END: loop
         return 0;

@@ -22,6 +22,7 @@ TEST_CASE("50 idle clients cost no CPU and no wake-ups", "[chapter06][lesson]") 
     IdleCost cost = idle_cost(server, 50, "wakeups");
     INFO("CPU share " << cost.cpu_share << "; " << cost.counter_delta << " wake-ups");
     CHECK(cost.cpu_share < 0.05);
+    CHECK(cost.runnable_share < 0.05);  // asleep in the kernel, not waiting for a CPU
     CHECK(cost.counter_delta < 20);  // the /stats requests wake it a few times; idle clients never do
 }
 

@@ -139,19 +139,23 @@ int main(int argc, char** argv) {
             }
             // Interest: the listener and idle clients to read, clients with
             // output pending to write. Entry i + 1 belongs to connections[i].
+            // ANCHOR: interest
             std::vector<pollfd> interest;
             interest.reserve(connections.size() + 1);
             interest.push_back({stopping ? -1 : listener.get(), POLLIN, 0});  // fd -1: ignored by poll
             for (auto& c : connections)
                 interest.push_back({c->fd.get(), static_cast<short>(c->output.empty() ? POLLIN : POLLOUT), 0});
             const int ready = ::poll(interest.data(), interest.size(), -1);  // sleeps
+            // ANCHOR_END: interest
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
                 common::throw_errno("poll");
             }
+            // ANCHOR: scan
             // Scan every entry for the few that are ready: O(n) per wake-up.
             // (New clients are accepted after the scan, so indexes still match.)
+            // ANCHOR: scan_entries
             for (std::size_t i = 0; i < connections.size(); ++i) {
                 Connection& c = *connections[i];
                 const short revents = interest[i + 1].revents;
@@ -160,7 +164,9 @@ int main(int argc, char** argv) {
                 else if (revents & (POLLIN | POLLHUP | POLLERR)) read_ready(c, stats);
                 if (!c.closed && !c.output.empty()) flush_output(c);  // often it fits at once
             }
+            // ANCHOR_END: scan_entries
             if (interest[0].revents & POLLIN) accept_pending_clients(listener.get(), connections, stats);
+            // ANCHOR_END: scan
             std::erase_if(connections, [](const auto& c) { return c->closed; });
         }
         // ANCHOR_END: loop

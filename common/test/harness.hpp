@@ -137,6 +137,7 @@ using common::proc::cpu_seconds;
 using common::proc::open_fd_count;
 using common::proc::process_tree;
 using common::proc::rss_kib;
+using common::proc::runnable_seconds;
 using common::proc::sleeping_in_nanosleep;
 using common::proc::thread_count;
 using common::proc::vm_kib;

@@ -25,6 +25,7 @@ Batch concurrent_gets(std::uint16_t port, int n, const std::string& target);
 // window: CPU seconds per wall second, and the growth of a /stats counter.
 struct IdleCost {
     double cpu_share = 0;        // CPU time / wall time
+    double runnable_share = 0;   // (on a CPU + waiting for one) / wall time: 1 for a thread that never sleeps
     long long counter_delta = 0;  // of `counter`, across the window
 };
 IdleCost idle_cost(ServerProcess& server, int idle, const std::string& counter);
