@@ -43,7 +43,7 @@ COMMON_SRC := $(filter-out common/loadgen.cpp,$(wildcard common/*.cpp))
 COMMON_OBJ := $(COMMON_SRC:%.cpp=$(BUILD)/%.o)
 COMMON_LIB := $(BUILD)/common/libcommon.a
 HARNESS_OBJ := $(BUILD)/common/test/harness.o $(BUILD)/common/test/scenarios.o $(BUILD)/common/test/behaviour_suite.o $(BUILD)/common/test/catch_main.o
-TOOLS      := $(BUILD)/tools/loadgen $(BUILD)/tools/markers
+TOOLS      := $(BUILD)/tools/loadgen $(BUILD)/tools/markers $(BUILD)/tools/tour
 
 SERVERS    := $(UNITS:%=$(BUILD)/%/server)
 # A solution is tested by its exercise's tests (the lab's tests live with the task).
@@ -56,7 +56,7 @@ TESTS      := $(BUILD)/common/test/unit $(foreach u,$(UNITS),$(if $(wildcard $(c
 .SECONDARY:
 .DELETE_ON_ERROR:
 .PHONY: all servers tools tests run test test-run ensure-catch2 diff exercises check-exercises \
-        check-slides slides-sync help clean bench-loadgen
+        check-slides slides-sync help clean bench-loadgen tour
 
 all: servers tools $(if $(HAVE_CATCH),tests,catch2-note)
 servers: $(SERVERS)
@@ -168,6 +168,10 @@ check-slides: $(BUILD)/tools/markers
 slides-sync: $(BUILD)/tools/markers
 	@$(BUILD)/tools/markers update $(DOCS_WITH_CODE)
 
+# ---- the tour: every chapter through the same scenarios (TOUR_ARGS="--quick --chapters 01,03")
+tour: servers tools
+	@$(BUILD)/tools/tour $(TOUR_ARGS)
+
 # ---- measuring the measuring tool (needs wrk)
 bench-loadgen: servers tools
 	@common/tools/bench_loadgen.sh $(BUILD)
@@ -185,5 +189,6 @@ help:
 	@echo "make check-exercises      skeletons up to date, solutions pass, skeletons fail"
 	@echo "make check-slides         code on slides and in READMEs matches the sources"
 	@echo "make slides-sync          copy the sources' marked code into slides and READMEs"
+	@echo "make tour                 every chapter through the same scenarios: table + SVG charts"
 	@echo "make bench-loadgen        compare loadgen with wrk against the same server"
 	@echo "make clean                remove build/"

@@ -18,7 +18,14 @@ std::size_t display_width(const std::string& s) {
     return width;
 }
 
-bool looks_numeric(const std::string& s) { return !s.empty() && ((s[0] >= '0' && s[0] <= '9') || s[0] == '-'); }
+// "12.5", "-3", "n/a": right-aligned; "01_blocking": a name, left-aligned.
+bool looks_numeric(const std::string& s) {
+    if (s == "n/a") return true;
+    if (s.empty()) return false;
+    for (char c : s)
+        if (!((c >= '0' && c <= '9') || c == '.' || c == '-' || c == '%')) return false;
+    return true;
+}
 
 }  // namespace
 
@@ -73,17 +80,20 @@ std::string markdown_table(const Row& header, const std::vector<Row>& rows) {
 
 std::vector<double> nice_ticks(double max_value) {
     if (!(max_value > 0)) max_value = 1;
-    const double power = std::pow(10.0, std::floor(std::log10(max_value)));
-    double top = power;
-    for (double step : {1.0, 2.0, 5.0, 10.0}) {
-        top = step * power;
-        if (top >= max_value * (1 - 1e-9)) break;
+    double power = std::pow(10.0, std::floor(std::log10(max_value)));
+    double lead = 1;  // the top is lead x power, lead in {1, 2, 5}
+    for (double candidate : {1.0, 2.0, 5.0, 10.0}) {
+        lead = candidate;
+        if (lead * power >= max_value * (1 - 1e-9)) break;
     }
-    // Five or so ticks: a step of a fifth (or a half, for tops of 1 and 2 x 10^k).
-    const double lead = top / power;
-    const double step = lead == 5.0 ? power : (lead == 2.0 ? power / 2 : power / 5);
+    if (lead == 10) {
+        lead = 1;
+        power *= 10;
+    }
+    const double top = lead * power;
+    const int steps = lead == 2 ? 4 : 5;  // 0, 0.5, 1, 1.5, 2 or 0, 1, ..., 5 (times power)
     std::vector<double> ticks;
-    for (double t = 0; t <= top * (1 + 1e-9); t += step) ticks.push_back(t);
+    for (int i = 0; i <= steps; ++i) ticks.push_back(top * i / steps);
     return ticks;
 }
 
@@ -102,8 +112,8 @@ std::string xml_escape(const std::string& text) {
 }
 
 std::string render_svg(const BarChart& chart) {
-    const double width = 960, height = 480;
-    const double left = 90, right = 30, top = 70, bottom = 90;
+    const double width = 960, height = 520;
+    const double left = 90, right = 30, top = 70, bottom = 130;  // room for slanted chapter names
     const double plot_w = width - left - right, plot_h = height - top - bottom;
 
     double max_value = 0, min_positive = 0;

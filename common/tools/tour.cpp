@@ -1,0 +1,393 @@
+// tour: every chapter's server through the same short scenarios, side by side.
+//
+//   build/tools/tour [--chapters 01,03,07] [--quick] [--out DIR]
+//
+// For each build/chapters/NN_*/server it runs, with build/tools/loadgen:
+//   queue       -n 30 -c 10 on /sleep?ms=100 (the seeds' ab experiment at a
+//               tenth of the scale): p50 / p99 / max latency;
+//   idle        100 silent keep-alive connections for one second: server CPU,
+//               threads, memory per connection held (PSS, so that a fork's
+//               shared pages are not counted once per child);
+//   throughput  GET / with keep-alive at -c 50 for two seconds: requests/sec.
+// It prints one table, and writes DIR/results.md and SVG charts (default
+// DIR: build/tour). --quick shrinks every scenario, for CI.
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "proc.hpp"
+#include "process.hpp"
+#include "report.hpp"
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Settings {
+    std::vector<std::string> only;  // chapter numbers; empty: all
+    bool quick = false;
+    fs::path out;
+};
+
+struct Scenario {
+    int queue_n, queue_c, sleep_ms;
+    int idle_connections;
+    double idle_window_s;
+    int throughput_c;
+    double throughput_s;
+};
+
+Scenario scenario_for(bool quick) {
+    if (quick) return {10, 5, 50, 20, 0.5, 10, 0.5};
+    return {30, 10, 100, 100, 1.0, 50, 2.0};
+}
+
+struct Result {
+    std::string chapter;
+    std::string model;
+    double p50_ms = -1, p99_ms = -1, max_ms = -1;
+    double throughput_rps = -1;
+    double idle_cpu_percent = -1;
+    long threads = -1;
+    long held = -1;
+    double pss_kib_per_connection = -1;
+    double vm_kib_per_connection = -1;
+    std::string error;
+};
+
+// ---- small helpers ------------------------------------------------------------
+
+fs::path own_directory() { return fs::canonical("/proc/self/exe").parent_path(); }
+
+// The number after "key": in a flat JSON line (loadgen --json, /stats).
+std::optional<double> json_number(const std::string& json, const std::string& key) {
+    const std::string quoted = "\"" + key + "\":";
+    const std::size_t at = json.find(quoted);
+    if (at == std::string::npos) return std::nullopt;
+    return std::strtod(json.c_str() + at + quoted.size(), nullptr);
+}
+
+std::optional<std::string> json_string(const std::string& json, const std::string& key) {
+    const std::string quoted = "\"" + key + "\":\"";
+    const std::size_t at = json.find(quoted);
+    if (at == std::string::npos) return std::nullopt;
+    const std::size_t start = at + quoted.size();
+    return json.substr(start, json.find('"', start) - start);
+}
+
+// Runs loadgen with --json and returns its one line of output.
+std::string run_loadgen(const fs::path& loadgen, std::vector<std::string> args, std::chrono::seconds timeout) {
+    std::vector<std::string> argv{loadgen.string(), "--json"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    common::ChildProcess child(argv);
+    std::string out;
+    const int status = child.finish(out, timeout);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("loadgen failed: " + args.back());
+    return out;
+}
+
+struct TreeSample {
+    long threads = 0, sockets = 0;
+    long pss_kib = 0, vm_kib = 0;
+};
+
+TreeSample sample_tree(pid_t pid) {
+    TreeSample s;
+    for (pid_t p : common::proc::process_tree(pid)) {
+        s.threads += std::max(0L, common::proc::thread_count(p));
+        s.sockets += std::max(0L, common::proc::socket_count(p));
+        s.pss_kib += std::max(0L, common::proc::pss_kib(p));
+        s.vm_kib += std::max(0L, common::proc::vm_kib(p));
+    }
+    return s;
+}
+
+std::string shell_line(const std::string& command) {
+    std::string out;
+    if (std::FILE* p = ::popen(command.c_str(), "r")) {
+        char buf[256];
+        while (std::fgets(buf, sizeof buf, p)) out += buf;
+        ::pclose(p);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+}
+
+std::string machine_description() {
+    utsname u{};
+    ::uname(&u);
+    std::string cpu = shell_line("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
+    while (!cpu.empty() && cpu.front() == ' ') cpu.erase(0, 1);
+    return std::to_string(std::thread::hardware_concurrency()) + " CPU (" + (cpu.empty() ? "?" : cpu) + "), Linux " +
+           u.release;
+}
+
+// ---- the scenarios ------------------------------------------------------------
+
+void run_queue(Result& r, const fs::path& loadgen, std::uint16_t port, const Scenario& s) {
+    const std::string url = "http://127.0.0.1:" + std::to_string(port) + "/sleep?ms=" + std::to_string(s.sleep_ms);
+    const std::string json = run_loadgen(
+        loadgen, {"-n", std::to_string(s.queue_n), "-c", std::to_string(s.queue_c), "--timeout", "20", url}, 60s);
+    r.p50_ms = json_number(json, "p50_ms").value_or(-1);
+    r.p99_ms = json_number(json, "p99_ms").value_or(-1);
+    r.max_ms = json_number(json, "max_ms").value_or(-1);
+}
+
+void run_idle(Result& r, const fs::path& loadgen, pid_t server, std::uint16_t port, const Scenario& s) {
+    const TreeSample before = sample_tree(server);
+    const double hold_s = s.idle_window_s + 1.5;
+    char hold[32];
+    std::snprintf(hold, sizeof hold, "%.1f", hold_s);
+    common::ChildProcess holder({loadgen.string(), "--json", "--idle", std::to_string(s.idle_connections), "-n", "0",
+                                 "-t", hold, "http://127.0.0.1:" + std::to_string(port) + "/"});
+    // Let the server take the connections it will take (all of them, or, for
+    // chapter 01, one): wait until its socket count stops growing.
+    const Clock::time_point settle_deadline = Clock::now() + 1000ms;
+    long last = -1;
+    while (Clock::now() < settle_deadline) {
+        const long sockets = sample_tree(server).sockets;
+        if (sockets - before.sockets >= s.idle_connections) break;
+        if (sockets == last && sockets > before.sockets) break;
+        last = sockets;
+        std::this_thread::sleep_for(100ms);  // sampling interval
+    }
+    const double cpu_before = common::proc::cpu_seconds(server);
+    const Clock::time_point start = Clock::now();
+    std::this_thread::sleep_for(std::chrono::duration<double>(s.idle_window_s));  // the measurement window
+    const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+    const double cpu = common::proc::cpu_seconds(server) - cpu_before;
+    const TreeSample during = sample_tree(server);
+    r.idle_cpu_percent = 100.0 * cpu / wall;
+    r.threads = during.threads;
+    r.held = during.sockets - before.sockets;
+    if (r.held > 0) {
+        // Memory is counted in pages, so a few connections may show no growth
+        // (or a little shrinkage from freed pages): never below zero.
+        r.pss_kib_per_connection =
+            std::max(0.0, static_cast<double>(during.pss_kib - before.pss_kib) / static_cast<double>(r.held));
+        r.vm_kib_per_connection =
+            std::max(0.0, static_cast<double>(during.vm_kib - before.vm_kib) / static_cast<double>(r.held));
+    }
+    std::string ignored;
+    holder.finish(ignored, std::chrono::seconds(static_cast<int>(hold_s) + 10));
+}
+
+void run_throughput(Result& r, const fs::path& loadgen, std::uint16_t port, const Scenario& s) {
+    char seconds[32];
+    std::snprintf(seconds, sizeof seconds, "%.1f", s.throughput_s);
+    const std::string json =
+        run_loadgen(loadgen,
+                    {"-k", "-c", std::to_string(s.throughput_c), "-t", seconds, "--timeout", "5",
+                     "http://127.0.0.1:" + std::to_string(port) + "/"},
+                    60s);
+    r.throughput_rps = json_number(json, "requests_per_second").value_or(-1);
+}
+
+Result tour_chapter(const fs::path& server_binary, const fs::path& loadgen, const Scenario& s) {
+    Result r;
+    r.chapter = server_binary.parent_path().filename().string();
+    try {
+        {
+            common::StartedServer server = common::start_server(server_binary.string(), {});
+            if (std::optional<std::string> body = common::http_get(server.port, "/stats"))
+                r.model = json_string(*body, "model").value_or("?");
+            run_queue(r, loadgen, server.port, s);
+        }
+        {
+            // A fresh server for the idle scenario, so the queue's leftovers
+            // (threads, children) do not count as idle cost.
+            common::StartedServer server = common::start_server(server_binary.string(), {});
+            run_idle(r, loadgen, server.process->pid(), server.port, s);
+        }
+        {
+            common::StartedServer server = common::start_server(server_binary.string(), {});
+            run_throughput(r, loadgen, server.port, s);
+        }
+    } catch (const std::exception& e) {
+        r.error = e.what();
+    }
+    return r;
+}
+
+// ---- the report -----------------------------------------------------------------
+
+std::string cell(double v) { return v < 0 ? "n/a" : report::format_number(v); }
+
+report::Row header() {
+    return {"chapter", "model", "p50 ms", "p99 ms", "max ms", "req/s", "idle CPU %", "threads", "held", "KiB/conn",
+            "VM KiB/conn"};
+}
+
+report::Row row_of(const Result& r) {
+    if (!r.error.empty()) return {r.chapter, "error: " + r.error};
+    return {r.chapter,
+            r.model,
+            cell(r.p50_ms),
+            cell(r.p99_ms),
+            cell(r.max_ms),
+            cell(r.throughput_rps),
+            cell(r.idle_cpu_percent),
+            std::to_string(r.threads),
+            std::to_string(r.held),
+            cell(r.pss_kib_per_connection),
+            cell(r.vm_kib_per_connection)};
+}
+
+void write_file(const fs::path& path, const std::string& text) {
+    std::ofstream out(path);
+    out << text;
+    if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+void write_charts(const fs::path& dir, const std::vector<Result>& results, const Scenario& s) {
+    std::vector<std::string> names;
+    for (const Result& r : results) names.push_back(r.chapter);
+    auto values = [&](auto field) {
+        std::vector<double> v;
+        for (const Result& r : results) v.push_back(r.error.empty() ? field(r) : -1);
+        return v;
+    };
+    report::BarChart latency;
+    latency.title = "待ち行列: /sleep?ms=" + std::to_string(s.sleep_ms) + " を -n " + std::to_string(s.queue_n) +
+                    " -c " + std::to_string(s.queue_c) + " (レイテンシ)";
+    latency.y_label = "ミリ秒";
+    latency.categories = names;
+    latency.series = {{"p50", "#1f77b4", values([](const Result& r) { return r.p50_ms; })},
+                      {"p99", "#ff7f0e", values([](const Result& r) { return r.p99_ms; })}};
+    write_file(dir / "latency.svg", report::render_svg(latency));
+
+    report::BarChart idle;
+    idle.title = "アイドル接続 " + std::to_string(s.idle_connections) + " 本を抱えたときの CPU 使用率";
+    idle.y_label = "1 CPU に対する %";
+    idle.categories = names;
+    idle.series = {{"CPU %", "#d62728", values([](const Result& r) { return r.idle_cpu_percent; })}};
+    write_file(dir / "idle_cpu.svg", report::render_svg(idle));
+
+    report::BarChart memory;
+    memory.title = "アイドル接続 1 本あたりのメモリ";
+    memory.y_label = "KiB / 接続";
+    memory.categories = names;
+    memory.log_scale = true;
+    memory.series = {{"PSS (実メモリ)", "#2ca02c", values([](const Result& r) { return r.pss_kib_per_connection; })},
+                     {"仮想メモリ", "#9467bd", values([](const Result& r) { return r.vm_kib_per_connection; })}};
+    write_file(dir / "memory.svg", report::render_svg(memory));
+
+    report::BarChart throughput;
+    throughput.title = "スループット: GET / を keep-alive、-c " + std::to_string(s.throughput_c);
+    throughput.y_label = "リクエスト / 秒";
+    throughput.categories = names;
+    throughput.series = {{"req/s", "#17becf", values([](const Result& r) { return r.throughput_rps; })}};
+    write_file(dir / "throughput.svg", report::render_svg(throughput));
+}
+
+std::string results_markdown(const std::vector<Result>& results, const Scenario& s, bool quick) {
+    std::vector<report::Row> rows;
+    for (const Result& r : results) rows.push_back(row_of(r));
+    char date[64];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+    std::ostringstream md;
+    md << "# ツアーの結果 (make tour" << (quick ? " --quick" : "") << ")\n\n"
+       << "- 日時: " << date << "\n- マシン: " << machine_description() << "\n"
+       << "- シナリオ: 待ち行列 `loadgen -n " << s.queue_n << " -c " << s.queue_c << " /sleep?ms=" << s.sleep_ms
+       << "`、アイドル `loadgen --idle " << s.idle_connections << "` を " << s.idle_window_s
+       << " 秒、スループット `loadgen -k -c " << s.throughput_c << " -t " << s.throughput_s << " /`\n"
+       << "- 数値はマシンによって変わります。\n\n"
+       << report::markdown_table(header(), rows) << "\n"
+       << "- held: サーバーが受け付けて抱えた接続の数 (第 01 章は 1 本だけ受け付け、残りはカーネルの待ち行列にいます)。\n"
+       << "- KiB/conn: 接続 1 本あたりに増えたメモリ (PSS: 共有ページは共有するプロセスで割った実メモリ)。"
+          "VM KiB/conn: 同じく仮想メモリ (スレッドのスタックが見えます)。\n"
+       << "- req/s: 第 01 章は keep-alive の接続 1 本にしか答えないので、その 1 本の速さです"
+          " (ほかの接続は最後まで待たされます)。\n\n"
+       << "![レイテンシ](latency.svg)\n\n![アイドル時の CPU](idle_cpu.svg)\n\n![メモリ](memory.svg)\n\n"
+       << "![スループット](throughput.svg)\n";
+    return md.str();
+}
+
+Settings parse(int argc, char** argv) {
+    Settings settings;
+    settings.out = own_directory().parent_path() / "tour";
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--quick") {
+            settings.quick = true;
+        } else if (arg == "--chapters" && i + 1 < argc) {
+            std::stringstream list(argv[++i]);
+            for (std::string item; std::getline(list, item, ',');)
+                if (!item.empty()) settings.only.push_back(item);
+        } else if (arg == "--out" && i + 1 < argc) {
+            settings.out = argv[++i];
+        } else {
+            std::fprintf(stderr, "usage: tour [--chapters 01,03,...] [--quick] [--out DIR]\n");
+            std::exit(2);
+        }
+    }
+    return settings;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const Settings settings = parse(argc, argv);
+    try {
+        const fs::path build = own_directory().parent_path();  // build/tools/tour -> build
+        const fs::path loadgen = build / "tools" / "loadgen";
+        if (!fs::exists(loadgen)) throw std::runtime_error(loadgen.string() + " is missing: run make tools");
+        std::vector<fs::path> servers;
+        for (const auto& entry : fs::directory_iterator(build / "chapters")) {
+            const std::string name = entry.path().filename().string();
+            if (!settings.only.empty() &&
+                std::none_of(settings.only.begin(), settings.only.end(),
+                             [&](const std::string& n) { return name.rfind(n + "_", 0) == 0; }))
+                continue;
+            if (fs::exists(entry.path() / "server")) servers.push_back(entry.path() / "server");
+        }
+        std::sort(servers.begin(), servers.end());
+        if (servers.empty()) throw std::runtime_error("no chapter servers under " + (build / "chapters").string());
+
+        const Scenario scenario = scenario_for(settings.quick);
+        std::vector<Result> results;
+        const Clock::time_point tour_start = Clock::now();
+        for (std::size_t i = 0; i < servers.size(); ++i) {
+            const Clock::time_point start = Clock::now();
+            std::printf("[%zu/%zu] %s ...", i + 1, servers.size(),
+                        servers[i].parent_path().filename().string().c_str());
+            std::fflush(stdout);
+            results.push_back(tour_chapter(servers[i], loadgen, scenario));
+            std::printf(" %s (%.1f s)\n", results.back().error.empty() ? "done" : "FAILED",
+                        std::chrono::duration<double>(Clock::now() - start).count());
+        }
+        std::vector<report::Row> rows;
+        for (const Result& r : results) rows.push_back(row_of(r));
+        std::printf("\n%s\n", report::text_table(header(), rows).c_str());
+
+        fs::create_directories(settings.out);
+        write_file(settings.out / "results.md", results_markdown(results, scenario, settings.quick));
+        write_charts(settings.out, results, scenario);
+        std::printf("wrote %s/results.md and latency.svg, idle_cpu.svg, memory.svg, throughput.svg (%.0f s in all)\n",
+                    settings.out.string().c_str(),
+                    std::chrono::duration<double>(Clock::now() - tour_start).count());
+        const bool failed = std::any_of(results.begin(), results.end(), [](const Result& r) { return !r.error.empty(); });
+        return failed ? 1 : 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "tour: %s\n", e.what());
+        return 1;
+    }
+}
