@@ -62,17 +62,22 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats) {
 // ANCHOR: reap_children
 // In this model a child is a connection: connections_open counts live children.
 std::atomic<std::uint64_t>* g_live_children = nullptr;
+// The SIGCHLD handler may only touch lock-free atomics (signal-safety(7)).
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 // A child that exits stays a zombie until its parent collects its status.
 // Reap every child that has exited (several SIGCHLDs may merge into one).
 // Only async-signal-safe calls here; waitpid may clobber errno, so save it.
+// ANCHOR: sigchld_handler
 void on_sigchld(int) {
     const int saved_errno = errno;
     while (::waitpid(-1, nullptr, WNOHANG) > 0) g_live_children->fetch_sub(1);
     errno = saved_errno;
 }
+// ANCHOR_END: sigchld_handler
 // ANCHOR_END: reap_children
 
+// ANCHOR: install_sigchld
 void install_sigchld_handler() {
     struct sigaction action{};
     action.sa_handler = on_sigchld;
@@ -81,16 +86,19 @@ void install_sigchld_handler() {
     action.sa_flags = SA_NOCLDSTOP;
     if (::sigaction(SIGCHLD, &action, nullptr) != 0) common::throw_errno("sigaction SIGCHLD");
 }
+// ANCHOR_END: install_sigchld
 
 // ANCHOR: child
 // Runs in the child: serve one client, then exit without returning to the
 // parent's accept loop.
 [[noreturn]] void run_child(common::UniqueFd listener, common::Accepted client, pid_t parent,
                             common::Stats& stats) {
+    // ANCHOR: child_setup
     listener.reset();  // the child never accepts; only the parent holds the listener
     // If the parent goes away (SIGTERM), we get SIGTERM too and finish up,
     // instead of living on as an orphan with an idle client.
     if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent) _exit(0);
+    // ANCHOR_END: child_setup
     serve_client(client.fd.get(), client.peer, stats);
     client.fd.reset();
     _exit(0);  // not exit(): the parent's atexit handlers and stdio buffers are not ours to run
@@ -115,10 +123,12 @@ int main(int argc, char** argv) {
         while (!common::stop_requested()) {
             common::Accepted client = common::accept_client(listener.get());
             if (client.status != common::Accepted::accepted) continue;  // EINTR (SIGCHLD too), aborted, shed
+            // ANCHOR: fork
             stats.connections_total.fetch_add(1);
             g_live_children->fetch_add(1);  // before fork: the SIGCHLD handler may run right after it
             const pid_t pid = ::fork();
             if (pid == 0) run_child(std::move(listener), std::move(client), parent, stats);
+            // ANCHOR_END: fork
             if (pid < 0) {  // out of processes or memory: tell this client, keep serving others
                 g_live_children->fetch_sub(1);
                 common::log_client_error("fork for", client.peer, errno);

@@ -56,14 +56,19 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats) {
 }
 
 // ANCHOR: connection_thread
-// The body of one connection's thread. The order of the locals matters:
-// destroyed in reverse, the Entry goes last, after the fd is closed and the
-// stats are updated, so main() may return as soon as the last Entry is gone.
-void run_connection(common::Accepted client, common::Stats& stats, common::OpenConnections& open) {
-    common::OpenConnections::Entry entry = open.add(client.fd.get());
-    common::Stats::ConnectionScope counted = stats.track_connection();
+// The body of one connection's thread. main() registered and counted the
+// connection before starting us (so a SIGTERM right now still finds it in
+// `open`); we take those over as locals, in this order, because locals are
+// destroyed in reverse: the fd closes and the stats are updated first, the
+// Entry goes last, and main() may return as soon as the last Entry is gone.
+void run_connection(common::Accepted client, common::OpenConnections::Entry registered,
+                    common::Stats::ConnectionScope counted_by_main, common::Stats& stats) {
+    // ANCHOR: connection_locals
+    common::OpenConnections::Entry entry = std::move(registered);
+    common::Stats::ConnectionScope counted = std::move(counted_by_main);
     serve_client(client.fd.get(), client.peer, stats);
     client.fd.reset();
+    // ANCHOR_END: connection_locals
 }
 // ANCHOR_END: connection_thread
 
@@ -85,13 +90,20 @@ int main(int argc, char** argv) {
             if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
             const std::string peer = client.peer;
             try {
-                // detach(): nobody joins a connection's thread; open.wait_until_empty()
-                // below is how main() knows they are done.
+                // ANCHOR: start_thread
+                // Registered here, before the thread exists, so that stopping
+                // always knows about it. detach(): nobody joins a connection's
+                // thread; open.wait_until_empty() below is how main() knows
+                // they are done.
+                common::OpenConnections::Entry entry = open.add(client.fd.get());
+                common::Stats::ConnectionScope counted = stats.track_connection();
                 common::start_thread_without_stop_signals(
-                    [client = std::move(client), &stats, &open]() mutable {
-                        run_connection(std::move(client), stats, open);
+                    [client = std::move(client), entry = std::move(entry), counted = std::move(counted),
+                     &stats]() mutable {
+                        run_connection(std::move(client), std::move(entry), std::move(counted), stats);
                     })
                     .detach();
+                // ANCHOR_END: start_thread
             } catch (const std::system_error& e) {
                 // EAGAIN: no more threads. The lambda, and the socket it owned,
                 // are already destroyed: the client sees its connection close.

@@ -68,6 +68,7 @@ public:
     explicit ConnectionQueue(std::size_t capacity) : capacity_(capacity) {}
 
     // False when the queue is full: the caller must refuse the client.
+    // ANCHOR: try_push
     bool try_push(common::Accepted& client) {
         {
             std::lock_guard lock(mutex_);
@@ -77,8 +78,10 @@ public:
         ready_.notify_one();  // after unlocking, so the woken worker can take the lock at once
         return true;
     }
+    // ANCHOR_END: try_push
 
     // Blocks until a connection is queued; nullopt once closed and drained.
+    // ANCHOR: pop
     std::optional<common::Accepted> pop() {
         std::unique_lock lock(mutex_);
         ready_.wait(lock, [this] { return !waiting_.empty() || closed_; });
@@ -87,6 +90,7 @@ public:
         waiting_.pop_front();
         return client;
     }
+    // ANCHOR_END: pop
 
     // Workers finish what is queued, then pop() returns nullopt.
     void close() {
@@ -95,11 +99,6 @@ public:
             closed_ = true;
         }
         ready_.notify_all();
-    }
-
-    std::size_t size() {
-        std::lock_guard lock(mutex_);
-        return waiting_.size();
     }
 
 private:
@@ -140,22 +139,31 @@ public:
     WorkerPool(long size, ConnectionQueue& queue, common::OpenConnections& open, common::Stats& stats,
                PoolCounters& counters)
         : queue_(queue), open_(open) {
-        for (long i = 0; i < size; ++i)
-            threads_.push_back(common::start_thread_without_stop_signals(
-                [&] { run_worker(queue, stats, counters, open); }));
+        try {
+            // ANCHOR: pool_start
+            for (long i = 0; i < size; ++i)
+                threads_.push_back(common::start_thread_without_stop_signals(
+                    [&] { run_worker(queue, stats, counters, open); }));
+            // ANCHOR_END: pool_start
+        } catch (...) {  // no destructor runs for a constructor that throws
+            stop_and_join();
+            throw;
+        }
     }
     WorkerPool(const WorkerPool&) = delete;
     WorkerPool& operator=(const WorkerPool&) = delete;
 
+    ~WorkerPool() { stop_and_join(); }
+
+private:
     // ANCHOR: shutdown
-    ~WorkerPool() {
+    void stop_and_join() {
         queue_.close();                 // workers drain what is queued, then leave
         open_.shut_down_reading_all();  // and idle clients no longer hold them
         for (std::thread& worker : threads_) worker.join();
     }
     // ANCHOR_END: shutdown
 
-private:
     ConnectionQueue& queue_;
     common::OpenConnections& open_;
     std::vector<std::thread> threads_;
@@ -187,6 +195,7 @@ int main(int argc, char** argv) {
         while (!common::stop_requested()) {
             common::Accepted client = common::accept_client(listener.get());
             if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
+            // ANCHOR: backpressure
             if (!queue.try_push(client)) {
                 // Backpressure: better a quick "no" than an unbounded wait.
                 counters.rejected.fetch_add(1);
@@ -194,6 +203,7 @@ int main(int argc, char** argv) {
                                  http::serialize(http::error_response(503, "all workers are busy"), false), client.peer);
                 common::shutdown_and_drain(client.fd.get());
             }
+            // ANCHOR_END: backpressure
         }
         // ANCHOR_END: accept_loop
 

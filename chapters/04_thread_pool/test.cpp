@@ -82,7 +82,8 @@ TEST_CASE("stopping answers the queued requests before exiting", "[chapter04]") 
     ServerProcess server({"--workers", "1", "--queue", "4"});
     Client busy(server.port());
     busy.send(get_request("/sleep?ms=500"));
-    REQUIRE(eventually([&] { return sleeping_in_nanosleep(server.pid()); }, 5s));  // the worker is busy
+    REQUIRE(eventually([&] { return server_has_read_all(busy, server.port()) && sleeping_in_nanosleep(server.pid()); },
+                       5s));  // the worker is busy with it
     const long fds_before = open_fd_count(server.pid());
     Client waiting(server.port());
     waiting.send(get_request("/"));

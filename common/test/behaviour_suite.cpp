@@ -305,8 +305,9 @@ TEST_CASE("SIGTERM lets a response in progress finish", "[behaviour]") {
     ServerProcess server;
     Client c(server.port());
     c.send(get_request("/sleep?ms=500"));
-    // Wait until the handler is really sleeping, then ask the server to stop.
-    REQUIRE(eventually([&] { return sleeping_in_nanosleep(server.pid()); }, 5s));
+    // Wait until the server has read the request and its handler sleeps, then
+    // ask it to stop.
+    REQUIRE(eventually([&] { return server_has_read_all(c, server.port()) && sleeping_in_nanosleep(server.pid()); }, 5s));
     server.send_signal(SIGTERM);
     std::optional<http::ClientResponse> r = c.read_response(5s);
     REQUIRE(r);

@@ -302,6 +302,34 @@ void Client::set_receive_buffer(int bytes) {
     if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes) != 0) fail_errno("setsockopt SO_RCVBUF");
 }
 
+std::uint16_t Client::local_port() const {
+    sockaddr_in address{};
+    socklen_t length = sizeof address;
+    if (::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&address), &length) != 0) fail_errno("getsockname");
+    return ntohs(address.sin_port);
+}
+
+bool server_has_read_all(const Client& client, std::uint16_t server_port) {
+    // Lines of /proc/net/tcp: "sl local_address rem_address st tx_queue:rx_queue ...",
+    // addresses as hex "0100007F:1F90". The server's end has local port
+    // server_port and remote port our client's port.
+    std::ifstream table("/proc/net/tcp");
+    std::string line;
+    std::getline(table, line);  // the header
+    char local_end[16], remote_end[16];
+    std::snprintf(local_end, sizeof local_end, ":%04X", server_port);
+    std::snprintf(remote_end, sizeof remote_end, ":%04X", client.local_port());
+    while (std::getline(table, line)) {
+        std::istringstream fields(line);
+        std::string slot, local, remote, state, queues;
+        fields >> slot >> local >> remote >> state >> queues;
+        if (!local.ends_with(local_end) || !remote.ends_with(remote_end)) continue;
+        const std::size_t colon = queues.find(':');
+        return colon != std::string::npos && std::strtoul(queues.c_str() + colon + 1, nullptr, 16) == 0;
+    }
+    return false;  // not accepted yet, or gone
+}
+
 http::ClientResponse get(std::uint16_t port, std::string_view target, Clock::duration timeout) {
     Client client(port);
     return client.request(get_request(target, "Connection: close\r\n"), timeout);

@@ -102,6 +102,8 @@ public:
     void reset();
     void close() { fd_.reset(); }
     void set_receive_buffer(int bytes);
+    // The local port of this connection (the server sees it as the peer's port).
+    std::uint16_t local_port() const;
 
 private:
     // Reads what is available within the deadline; false on timeout, true on
@@ -119,6 +121,12 @@ http::ClientResponse get(std::uint16_t port, std::string_view target, Clock::dur
 // GET /stats, as name -> number (the "model" string is under stats_model()).
 std::map<std::string, long long> stats(std::uint16_t port);
 std::string stats_model(std::uint16_t port);
+
+// True when the server has read every byte this client sent: the receive
+// queue of the server's end of the connection is empty (/proc/net/tcp).
+// With sleeping_in_nanosleep, it tells that a /sleep handler for this very
+// request is running, not merely that some thread sleeps.
+bool server_has_read_all(const Client& client, std::uint16_t server_port);
 
 // ---- concurrency ------------------------------------------------------------
 

@@ -46,7 +46,7 @@ double quick_answer_after_slow_request_ms(ServerProcess& server) {
     Client slow(server.port());
     const Clock::time_point slow_sent = Clock::now();
     slow.send(get_request("/sleep?ms=300"));
-    if (!eventually([&] { return sleeping_in_nanosleep(server.pid()); }, 5s))
+    if (!eventually([&] { return server_has_read_all(slow, server.port()) && sleeping_in_nanosleep(server.pid()); }, 5s))
         throw std::runtime_error("the server never slept in /sleep");
     Client quick(server.port());
     quick.send(get_request("/"));
