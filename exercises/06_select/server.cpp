@@ -1,0 +1,211 @@
+// Lab 06: select's timeout closes idle clients (your task: see README.md).
+//
+// Task:    with --idle-timeout MS, a client that moved no bytes (nothing
+//          received, nothing sent) for MS milliseconds is closed: with a 408
+//          if part of a request had arrived, silently otherwise.
+// Shows:   select's last argument: it sleeps until a socket is ready or the
+//          timeout passes, whichever comes first. The loop computes the time
+//          until the earliest deadline, so it wakes up to close a client even
+//          when no socket is ready, and waits without a timeout when no client
+//          has a deadline (a timeout must not become a busy loop).
+//
+// Chapter 06: one thread, and select(2) to wait until a socket is ready.
+//
+// Model:   the same non-blocking sockets and per-connection state as chapter
+//          05, but before touching any socket the loop asks the kernel, with
+//          select(), which ones are ready: the listener and clients to read,
+//          and clients with output pending to write. With nothing ready, the
+//          thread sleeps in select() instead of spinning.
+// Shows:   readiness: one call waits on many sockets; write interest only
+//          while output is pending (otherwise a writable socket would wake us
+//          all the time); /stats counts the wake-ups, which stay flat while idle.
+// Cannot:  watch a descriptor numbered FD_SETSIZE (1024) or more: an fd_set is
+//          a fixed bitmap, and FD_SET past its end corrupts memory. Such
+//          clients are refused (503). Each call also copies and scans the whole
+//          set, so the cost grows with the number of connections. Handlers
+//          still run inline: a slow one stalls everyone. Chapter 07: poll(2).
+#include <sys/select.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "error.hpp"
+#include "fd.hpp"
+#include "http.hpp"
+#include "server.hpp"
+#include "stats.hpp"
+
+namespace {
+
+// Everything the loop needs to know about one client, as plain data.
+struct Connection {
+    common::UniqueFd fd;
+    std::string peer;
+    http::RequestParser parser;
+    std::string output;          // response bytes not yet accepted by the kernel
+    std::size_t output_sent = 0;
+    bool close_after_output = false;
+    bool closed = false;
+    common::Stats::ConnectionScope counted;
+    // TODO(lab 06): add the time bytes last moved for this client, a
+    // std::chrono::steady_clock::time_point initialised to now().
+};
+
+struct LoopCounters {
+    std::atomic<std::uint64_t>& wakeups;           // select() returned
+    std::atomic<std::uint64_t>& refused_fd_setsize; // clients we could not watch
+};
+
+// Turns every complete request into response bytes (handlers run right here,
+// in the loop's only thread).
+void answer_requests(Connection& c, common::Stats& stats) {
+    for (http::ParseResult r = c.parser.next(); r.kind != http::ParseResult::need_more; r = c.parser.next()) {
+        http::Reply reply = http::respond(r, stats);
+        c.output += reply.bytes;
+        if (reply.close_after) {
+            c.close_after_output = true;
+            return;  // ignore anything pipelined after a closing request
+        }
+    }
+}
+
+// Sends as much pending output as the kernel takes now. Returns true when
+// all of it is gone. EAGAIN: the send buffer is full, try again next round.
+bool flush_output(Connection& c) {
+    while (c.output_sent < c.output.size()) {
+        ssize_t n = ::send(c.fd.get(), c.output.data() + c.output_sent, c.output.size() - c.output_sent, MSG_NOSIGNAL);
+        if (n >= 0) {
+            c.output_sent += static_cast<std::size_t>(n);
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return false;
+        } else if (errno != EINTR) {
+            common::log_client_error("send", c.peer, errno);
+            c.closed = true;
+            return false;
+        }
+    }
+    c.output.clear();
+    c.output_sent = 0;
+    if (c.close_after_output) {
+        common::shutdown_and_drain(c.fd.get());
+        c.closed = true;
+    }
+    return true;
+}
+
+// select() said the socket is readable: one recv() will not block.
+void read_ready(Connection& c, common::Stats& stats) {
+    char buffer[16 * 1024];
+    ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
+    if (n > 0) {
+        c.parser.feed({buffer, static_cast<std::size_t>(n)});
+        answer_requests(c, stats);
+    } else if (n == 0) {
+        c.closed = true;  // the client closed its side
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        common::log_client_error("recv", c.peer, errno);
+        c.closed = true;
+    }
+}
+
+void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
+                            common::Stats& stats, LoopCounters& counters) {
+    for (;;) {
+        common::Accepted client = common::accept_client(listener, SOCK_NONBLOCK);
+        if (client.status == common::Accepted::would_block) return;  // nobody else is waiting
+        if (client.status != common::Accepted::accepted) continue;
+        if (client.fd.get() >= FD_SETSIZE) {
+            // FD_SET would write past the end of the fd_set: refuse, never watch.
+            counters.refused_fd_setsize.fetch_add(1, std::memory_order_relaxed);
+            common::log_line("select: fd " + std::to_string(client.fd.get()) + " of " + client.peer +
+                             " is not below FD_SETSIZE (" + std::to_string(FD_SETSIZE) + "); refused");
+            common::send_all(client.fd.get(), http::serialize(http::error_response(503, "too many connections"), false),
+                             client.peer);
+            common::shutdown_and_drain(client.fd.get());
+            continue;
+        }
+        connections.push_back(std::make_unique<Connection>(Connection{
+            std::move(client.fd), std::move(client.peer), {}, {}, 0, false, false, stats.track_connection()}));
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    long idle_timeout_ms = 0;  // 0: a silent client stays forever, as in chapter 06
+    const common::ServerConfig config = common::parse_command_line(
+        argc, argv, "Lab 06: select(2) with a timeout that closes idle clients.",
+        {{"--idle-timeout", "MS", "close a client after MS ms without activity, 0 = never", &idle_timeout_ms, 0,
+          3'600'000}});
+    try {
+        common::install_stop_handlers();
+        common::Stats stats("select");
+        LoopCounters counters{stats.add_counter("wakeups"), stats.add_counter("refused_fd_setsize")};
+        common::UniqueFd listener = common::listen_tcp(config, SOCK_NONBLOCK);
+        common::announce_listening(listener.get());
+        std::vector<std::unique_ptr<Connection>> connections;
+
+        for (;;) {
+            const bool stopping = common::stop_requested();
+            if (stopping) {  // finish responses in progress; idle clients are done
+                for (auto& c : connections)
+                    if (c->output.empty()) c->closed = true;
+                std::erase_if(connections, [](const auto& c) { return c->closed; });
+                if (connections.empty()) break;
+            }
+            // Interest: the listener and idle clients to read, clients with
+            // output pending to write. select() overwrites the sets, so they
+            // are rebuilt on every round.
+            fd_set readable, writable;
+            FD_ZERO(&readable);
+            FD_ZERO(&writable);
+            int max_fd = -1;
+            if (!stopping) {
+                FD_SET(listener.get(), &readable);
+                max_fd = listener.get();
+            }
+            for (auto& c : connections) {
+                FD_SET(c->fd.get(), c->output.empty() ? &readable : &writable);
+                max_fd = std::max(max_fd, c->fd.get());
+            }
+            // TODO(lab 06): with --idle-timeout (idle_timeout_ms > 0) and at least one
+            // client, give select() a timeout: a struct timeval holding the time until
+            // the earliest deadline (last_activity + the timeout) of all clients, never
+            // negative. With no client, keep nullptr: wait without a timeout.
+            const int ready = ::select(max_fd + 1, &readable, &writable, nullptr, nullptr);  // sleeps
+            counters.wakeups.fetch_add(1, std::memory_order_relaxed);
+            if (ready < 0) {
+                if (errno == EINTR) continue;  // a signal: look at the stop flag
+                common::throw_errno("select");
+            }
+            if (!stopping && FD_ISSET(listener.get(), &readable))
+                accept_pending_clients(listener.get(), connections, stats, counters);
+            for (auto& c : connections) {
+                const int fd = c->fd.get();
+                // TODO(lab 06): a client whose socket is ready (bytes or EOF arrived,
+                // or its send buffer has room) is active: set its last_activity to now.
+                if (FD_ISSET(fd, &writable)) flush_output(*c);
+                else if (FD_ISSET(fd, &readable)) read_ready(*c, stats);
+                if (!c->closed && !c->output.empty()) flush_output(*c);  // often it fits at once
+            }
+            // TODO(lab 06): with --idle-timeout, close every client whose last_activity
+            // is at least the timeout ago. If part of a request had arrived
+            // (parser.buffered() > 0) and no output is pending, answer 408 first
+            // (http::error_response(408, ...), http::serialize(..., false)) with
+            // close_after_output, and let flush_output send it; otherwise call
+            // common::shutdown_and_drain and set closed.
+            std::erase_if(connections, [](const auto& c) { return c->closed; });
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 1;
+    }
+}

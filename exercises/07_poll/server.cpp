@@ -1,0 +1,190 @@
+// Lab 07: a deadline for the whole request, against slowloris (your task: see README.md).
+//
+// Task:    with --request-timeout MS, a request must arrive whole within MS
+//          milliseconds of its first byte. Otherwise the client gets 408 and
+//          is closed, even if it keeps trickling bytes: lab 01's SO_RCVTIMEO
+//          restarted with every byte and could not stop that. A keep-alive
+//          client with no request begun has no deadline.
+// Shows:   poll's timeout (milliseconds until the earliest deadline, -1 when
+//          there is none): the loop itself keeps time, for every client at once.
+//
+// Chapter 07: one thread, and poll(2) to wait until a socket is ready.
+//
+// Model:   chapter 06 with poll() in place of select(): the interest is a
+//          vector of struct pollfd (descriptor, events wanted, events
+//          returned) instead of two fixed bitmaps.
+// Shows:   no FD_SETSIZE: any descriptor number can be watched, so one thread
+//          holds thousands of connections (as many as RLIMIT_NOFILE allows).
+// Cannot:  avoid O(n) work per wake-up: every call passes the whole vector to
+//          the kernel, which checks every socket, and we scan every entry for
+//          the few that are ready. With many idle connections each request
+//          pays for all of them (the README measures it). Handlers still run
+//          inline. Chapter 08: epoll keeps the interest list in the kernel.
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "error.hpp"
+#include "fd.hpp"
+#include "http.hpp"
+#include "server.hpp"
+#include "stats.hpp"
+
+namespace {
+
+// Everything the loop needs to know about one client, as plain data.
+struct Connection {
+    common::UniqueFd fd;
+    std::string peer;
+    http::RequestParser parser;
+    std::string output;          // response bytes not yet accepted by the kernel
+    std::size_t output_sent = 0;
+    bool close_after_output = false;
+    bool closed = false;
+    common::Stats::ConnectionScope counted;
+    // TODO(lab 07): add when the first byte of the request in progress arrived:
+    // a std::optional<std::chrono::steady_clock::time_point>, empty between requests.
+};
+
+struct LoopCounters {
+    std::atomic<std::uint64_t>& wakeups;  // poll() returned
+};
+
+// Turns every complete request into response bytes (handlers run right here,
+// in the loop's only thread).
+void answer_requests(Connection& c, common::Stats& stats) {
+    for (http::ParseResult r = c.parser.next(); r.kind != http::ParseResult::need_more; r = c.parser.next()) {
+        // TODO(lab 07): a whole request was parsed: clear request_started.
+        http::Reply reply = http::respond(r, stats);
+        c.output += reply.bytes;
+        if (reply.close_after) {
+            c.close_after_output = true;
+            return;  // ignore anything pipelined after a closing request
+        }
+    }
+    // TODO(lab 07): if part of a request is waiting (c.parser.buffered() > 0) and
+    // its clock has not started, start it: request_started = steady_clock::now().
+}
+
+// Sends as much pending output as the kernel takes now. Returns true when
+// all of it is gone. EAGAIN: the send buffer is full, try again next round.
+bool flush_output(Connection& c) {
+    while (c.output_sent < c.output.size()) {
+        ssize_t n = ::send(c.fd.get(), c.output.data() + c.output_sent, c.output.size() - c.output_sent, MSG_NOSIGNAL);
+        if (n >= 0) {
+            c.output_sent += static_cast<std::size_t>(n);
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return false;
+        } else if (errno != EINTR) {
+            common::log_client_error("send", c.peer, errno);
+            c.closed = true;
+            return false;
+        }
+    }
+    c.output.clear();
+    c.output_sent = 0;
+    if (c.close_after_output) {
+        common::shutdown_and_drain(c.fd.get());
+        c.closed = true;
+    }
+    return true;
+}
+
+// poll() said the socket is readable: one recv() will not block.
+void read_ready(Connection& c, common::Stats& stats) {
+    char buffer[16 * 1024];
+    ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
+    if (n > 0) {
+        c.parser.feed({buffer, static_cast<std::size_t>(n)});
+        answer_requests(c, stats);
+    } else if (n == 0) {
+        c.closed = true;  // the client closed its side
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        common::log_client_error("recv", c.peer, errno);
+        c.closed = true;
+    }
+}
+
+void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
+                            common::Stats& stats) {
+    for (;;) {
+        common::Accepted client = common::accept_client(listener, SOCK_NONBLOCK);
+        if (client.status == common::Accepted::would_block) return;  // nobody else is waiting
+        if (client.status != common::Accepted::accepted) continue;
+        connections.push_back(std::make_unique<Connection>(Connection{
+            std::move(client.fd), std::move(client.peer), {}, {}, 0, false, false, stats.track_connection()}));
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    long request_timeout_ms = 0;  // 0: a request may take forever, as in chapter 07
+    const common::ServerConfig config = common::parse_command_line(
+        argc, argv, "Lab 07: poll(2) with a deadline for every request.",
+        {{"--request-timeout", "MS", "answer 408 when a request is not whole MS ms after its first byte, 0 = never",
+          &request_timeout_ms, 0, 3'600'000}});
+    try {
+        common::install_stop_handlers();
+        common::Stats stats("poll");
+        LoopCounters counters{stats.add_counter("wakeups")};
+        common::UniqueFd listener = common::listen_tcp(config, SOCK_NONBLOCK);
+        common::announce_listening(listener.get());
+        std::vector<std::unique_ptr<Connection>> connections;
+
+        for (;;) {
+            const bool stopping = common::stop_requested();
+            if (stopping) {  // finish responses in progress; idle clients are done
+                for (auto& c : connections)
+                    if (c->output.empty()) c->closed = true;
+                std::erase_if(connections, [](const auto& c) { return c->closed; });
+                if (connections.empty()) break;
+            }
+            // Interest: the listener and idle clients to read, clients with
+            // output pending to write. Entry i + 1 belongs to connections[i].
+            std::vector<pollfd> interest;
+            interest.reserve(connections.size() + 1);
+            interest.push_back({stopping ? -1 : listener.get(), POLLIN, 0});  // fd -1: ignored by poll
+            for (auto& c : connections)
+                interest.push_back({c->fd.get(), static_cast<short>(c->output.empty() ? POLLIN : POLLOUT), 0});
+            // TODO(lab 07): with --request-timeout (request_timeout_ms > 0), give poll()
+            // the milliseconds until the earliest deadline (request_started + the
+            // timeout) among clients with a request in progress, rounded up and never
+            // negative; -1 (no timeout) when no request is in progress.
+            const int ready = ::poll(interest.data(), interest.size(), -1);  // sleeps
+            counters.wakeups.fetch_add(1, std::memory_order_relaxed);
+            if (ready < 0) {
+                if (errno == EINTR) continue;  // a signal: look at the stop flag
+                common::throw_errno("poll");
+            }
+            // Scan every entry for the few that are ready: O(n) per wake-up.
+            // (New clients are accepted after the scan, so indexes still match.)
+            for (std::size_t i = 0; i < connections.size(); ++i) {
+                Connection& c = *connections[i];
+                const short revents = interest[i + 1].revents;
+                // POLLHUP and POLLERR come unasked: recv or send then reports them.
+                if (revents & POLLOUT) flush_output(c);
+                else if (revents & (POLLIN | POLLHUP | POLLERR)) read_ready(c, stats);
+                if (!c.closed && !c.output.empty()) flush_output(c);  // often it fits at once
+            }
+            if (interest[0].revents & POLLIN) accept_pending_clients(listener.get(), connections, stats);
+            // TODO(lab 07): with --request-timeout, every client whose request_started
+            // is at least the timeout ago, and with no output pending, gets a 408
+            // (http::error_response(408, ...), http::serialize(..., false)) with
+            // close_after_output set; flush_output sends it and closes.
+            std::erase_if(connections, [](const auto& c) { return c->closed; });
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 1;
+    }
+}
