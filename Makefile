@@ -172,6 +172,11 @@ slides-sync: $(BUILD)/tools/markers
 tour: servers tools
 	@$(BUILD)/tools/tour $(TOUR_ARGS)
 
+# ---- the longer studies: thread pool sweep, loop throughput (+ nginx/wrk), many idle connections
+.PHONY: bench
+bench: servers tools
+	@$(BUILD)/tools/tour --bench $(BENCH_ARGS)
+
 # ---- measuring the measuring tool (needs wrk)
 bench-loadgen: servers tools
 	@common/tools/bench_loadgen.sh $(BUILD)
@@ -190,5 +195,6 @@ help:
 	@echo "make check-slides         code on slides and in READMEs matches the sources"
 	@echo "make slides-sync          copy the sources' marked code into slides and READMEs"
 	@echo "make tour                 every chapter through the same scenarios: table + SVG charts"
+	@echo "make bench                longer studies: pool sweep, loop throughput, 1k-10k idle connections"
 	@echo "make bench-loadgen        compare loadgen with wrk against the same server"
 	@echo "make clean                remove build/"

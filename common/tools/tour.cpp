@@ -11,11 +11,23 @@
 //   throughput  GET / with keep-alive at -c 50 for two seconds: requests/sec.
 // It prints one table, and writes DIR/results.md and SVG charts (default
 // DIR: build/tour). --quick shrinks every scenario, for CI.
+//
+//   build/tools/tour --bench [--quick] [--out DIR]      (make bench)
+//
+// The longer studies, each a Markdown table and an SVG chart in DIR (default
+// build/bench): the thread pool sweep (chapter 04, /sleep latency as workers
+// vary); throughput and server CPU per request of the one-thread loops
+// (05-07, and nginx through wrk when both are installed); and many idle
+// connections (1,000 / 5,000 / 10,000) on the thread-per-connection and poll
+// servers: memory per connection and the latency of one active client.
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
+
 #include <algorithm>
+#include <functional>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -43,6 +55,7 @@ namespace {
 struct Settings {
     std::vector<std::string> only;  // chapter numbers; empty: all
     bool quick = false;
+    bool bench = false;  // the longer studies (make bench) instead of the tour
     fs::path out;
 };
 
@@ -321,6 +334,196 @@ std::string results_markdown(const std::vector<Result>& results, const Scenario&
     return md.str();
 }
 
+// ---- make bench: the longer studies -----------------------------------------------
+
+fs::path chapter_server(const fs::path& build, const std::string& number) {
+    for (const auto& entry : fs::directory_iterator(build / "chapters"))
+        if (entry.path().filename().string().rfind(number + "_", 0) == 0 && fs::exists(entry.path() / "server"))
+            return entry.path() / "server";
+    return {};
+}
+
+std::string seconds_arg(double s) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", s);
+    return buf;
+}
+
+bool have_program(const std::string& name) { return !shell_line("command -v " + name).empty(); }
+
+struct Study {
+    std::string name, title, markdown;
+    report::BarChart chart;  // written as NAME.svg
+};
+
+// Chapter 04's latency as the pool grows: K requests on W workers take ceil(K/W) waves.
+Study pool_sweep(const fs::path& build, const fs::path& loadgen, bool quick) {
+    const fs::path server = chapter_server(build, "04");
+    const int requests = quick ? 16 : 64, concurrency = 16, sleep_ms = quick ? 20 : 50;
+    report::BarChart chart;
+    chart.title = "スレッドプール: /sleep?ms=" + std::to_string(sleep_ms) + " を -n " + std::to_string(requests) +
+                  " -c " + std::to_string(concurrency) + "、ワーカー数を変える";
+    chart.y_label = "ミリ秒";
+    chart.series = {{"p50", "#1f77b4", {}}, {"p99", "#ff7f0e", {}}};
+    std::vector<report::Row> rows;
+    for (int workers : {1, 2, 4, 8, 16}) {
+        common::StartedServer s = common::start_server(server.string(), {"--workers", std::to_string(workers)});
+        const std::string json =
+            run_loadgen(loadgen,
+                        {"-n", std::to_string(requests), "-c", std::to_string(concurrency), "--timeout", "30",
+                         "http://127.0.0.1:" + std::to_string(s.port) + "/sleep?ms=" + std::to_string(sleep_ms)},
+                        120s);
+        const double p50 = json_number(json, "p50_ms").value_or(-1), p99 = json_number(json, "p99_ms").value_or(-1);
+        chart.categories.push_back(std::to_string(workers) + " workers");
+        chart.series[0].values.push_back(p50);
+        chart.series[1].values.push_back(p99);
+        const int waves = (std::min(requests, concurrency) + workers - 1) / workers;
+        rows.push_back({std::to_string(workers), cell(p50), cell(p99),
+                        cell(json_number(json, "requests_per_second").value_or(-1)),
+                        std::to_string(waves * sleep_ms)});
+    }
+    return {"pool_sweep", chart.title,
+            report::markdown_table({"workers", "p50 ms", "p99 ms", "req/s", "ceil(c/W) x sleep ms"}, rows) +
+                "\n![](pool_sweep.svg)\n",
+            chart};
+}
+
+// Throughput and server CPU per request of the one-thread loops (and nginx).
+Study loop_throughput(const fs::path& build, const fs::path& loadgen, bool quick, const fs::path& out) {
+    const double seconds = quick ? 1.0 : 3.0;
+    report::BarChart chart;
+    chart.title = "GET / を keep-alive、-c 50: スループット";
+    chart.y_label = "リクエスト / 秒";
+    chart.series = {{"req/s", "#17becf", {}}};
+    std::vector<report::Row> rows;
+    for (const char* number : {"05", "06", "07"}) {
+        const fs::path server = chapter_server(build, number);
+        if (server.empty()) continue;
+        common::StartedServer s = common::start_server(server.string(), {});
+        const double cpu_before = common::proc::cpu_seconds(s.process->pid());
+        const std::string json = run_loadgen(
+            loadgen, {"-k", "-c", "50", "-t", seconds_arg(seconds), "http://127.0.0.1:" + std::to_string(s.port) + "/"},
+            60s);
+        const double cpu = common::proc::cpu_seconds(s.process->pid()) - cpu_before;
+        const double rps = json_number(json, "requests_per_second").value_or(-1);
+        const double complete = json_number(json, "complete").value_or(0);
+        const std::string name = server.parent_path().filename().string();
+        chart.categories.push_back(name);
+        chart.series[0].values.push_back(rps);
+        rows.push_back({name + " (loadgen)", cell(rps), complete > 0 ? cell(1e6 * cpu / complete) : "n/a",
+                        cell(json_number(json, "p99_ms").value_or(-1))});
+    }
+    // nginx measured by wrk, when both are installed: a yardstick, not a contest.
+    if (have_program("nginx") && have_program("wrk")) {
+        const fs::path dir = out / "nginx";
+        fs::create_directories(dir / "html");
+        {
+            std::ofstream(dir / "html" / "index.html") << "Hello from nginx\n";
+        }
+        // Port 0 is not possible in nginx.conf: ask the kernel for a free port first.
+        common::StartedServer probe = common::start_server(chapter_server(build, "01").string(), {});
+        const std::uint16_t port = probe.port;
+        probe.process->stop();
+        {
+            std::ofstream conf(dir / "nginx.conf");
+            conf << "daemon off;\nworker_processes 1;\npid " << (dir / "nginx.pid").string()
+                 << ";\nerror_log " << (dir / "error.log").string() << ";\nevents { worker_connections 1024; }\n"
+                 << "http { access_log off; client_body_temp_path " << dir.string() << "; server { listen 127.0.0.1:"
+                 << port << "; root " << (dir / "html").string() << "; } }\n";
+        }
+        common::ChildProcess nginx({shell_line("command -v nginx"), "-c", (dir / "nginx.conf").string(), "-p",
+                                    dir.string()});
+        for (int i = 0; i < 50 && !common::http_get(port, "/index.html", 100ms); ++i)
+            std::this_thread::sleep_for(100ms);  // waiting for nginx to listen, bounded
+        // wrk takes whole seconds only ("-d3s"; "-d3.0s" is refused).
+        const std::string wrk = shell_line("wrk -t1 -c50 -d" + std::to_string(static_cast<int>(seconds)) + "s http://127.0.0.1:" +
+                                           std::to_string(port) + "/index.html 2>&1 | grep Requests/sec");
+        const double rps = wrk.empty() ? -1 : std::strtod(wrk.c_str() + wrk.find(':') + 1, nullptr);
+        nginx.stop();
+        chart.categories.push_back("nginx (wrk)");
+        chart.series[0].values.push_back(rps);
+        rows.push_back({"nginx, 1 worker (wrk -t1)", cell(rps), "n/a", "n/a"});
+    } else {
+        rows.push_back({"nginx (wrk)", "skipped: nginx or wrk is not installed", "", ""});
+    }
+    return {"loop_throughput", chart.title,
+            report::markdown_table({"server", "req/s", "server CPU µs / request", "p99 ms"}, rows) +
+                "\n![](loop_throughput.svg)\n",
+            chart};
+}
+
+// Many idle connections: memory per connection, and what one active client pays.
+Study many_idle(const fs::path& build, const fs::path& loadgen, bool quick) {
+    const std::vector<int> counts = quick ? std::vector<int>{200} : std::vector<int>{1000, 5000, 10000};
+    report::BarChart chart;
+    chart.title = "アイドル接続を抱えたときの、1 本の活動中クライアントの p99";
+    chart.y_label = "ミリ秒";
+    chart.log_scale = true;
+    std::vector<report::Row> rows;
+    for (const char* number : {"03", "07"}) {
+        const fs::path server = chapter_server(build, number);
+        if (server.empty()) continue;
+        const std::string name = server.parent_path().filename().string();
+        report::BarSeries series{name, number == std::string("03") ? "#2ca02c" : "#d62728", {}};
+        for (int idle : counts) {
+            if (chart.categories.size() < counts.size()) chart.categories.push_back(std::to_string(idle) + " 本");
+            common::StartedServer s = common::start_server(server.string(), {});
+            ::prlimit(s.process->pid(), RLIMIT_NOFILE, nullptr, nullptr);
+            rlimit limit{static_cast<rlim_t>(idle + 1000), static_cast<rlim_t>(idle + 1000)};
+            ::prlimit(s.process->pid(), RLIMIT_NOFILE, &limit, nullptr);  // the server needs a descriptor each
+            const TreeSample before = sample_tree(s.process->pid());
+            const std::string url = "http://127.0.0.1:" + std::to_string(s.port) + "/";
+            common::ChildProcess holder(
+                {loadgen.string(), "--json", "--idle", std::to_string(idle), "-n", "0", "-t", "30", url});
+            const Clock::time_point deadline = Clock::now() + 25s;
+            while (Clock::now() < deadline && sample_tree(s.process->pid()).sockets - before.sockets < idle)
+                std::this_thread::sleep_for(100ms);  // sampling until all are held, bounded
+            const TreeSample during = sample_tree(s.process->pid());
+            const long held = during.sockets - before.sockets;
+            const std::string json = run_loadgen(loadgen, {"-k", "-c", "1", "-t", quick ? "0.5" : "2", url}, 60s);
+            const double p99 = json_number(json, "p99_ms").value_or(-1);
+            series.values.push_back(p99);
+            rows.push_back({name, std::to_string(idle), std::to_string(held), std::to_string(during.threads),
+                            held > 0 ? cell(static_cast<double>(during.pss_kib - before.pss_kib) / held) : "n/a",
+                            held > 0 ? cell(static_cast<double>(during.vm_kib - before.vm_kib) / held) : "n/a",
+                            cell(json_number(json, "requests_per_second").value_or(-1)), cell(p99)});
+            holder.stop();
+        }
+        chart.series.push_back(series);
+    }
+    return {"many_idle", chart.title,
+            report::markdown_table({"server", "idle", "held", "threads", "KiB/conn (PSS)", "VM KiB/conn",
+                                    "active req/s", "active p99 ms"},
+                                   rows) +
+                "\n![](many_idle.svg)\n",
+            chart};
+}
+
+int run_bench(const Settings& settings, const fs::path& build, const fs::path& loadgen) {
+    const fs::path out = settings.out == build / "tour" ? build / "bench" : settings.out;
+    fs::create_directories(out);
+    std::string md = "# ベンチマーク (make bench" + std::string(settings.quick ? " --quick" : "") + ")\n\n- マシン: " +
+                     machine_description() + "\n- 数値はマシンによって変わります。\n";
+    using Runner = std::function<Study()>;
+    const std::vector<std::pair<std::string, Runner>> studies{
+        {"thread pool sweep", [&] { return pool_sweep(build, loadgen, settings.quick); }},
+        {"loop throughput", [&] { return loop_throughput(build, loadgen, settings.quick, out); }},
+        {"many idle connections", [&] { return many_idle(build, loadgen, settings.quick); }}};
+    for (const auto& [label, run] : studies) {
+        const Clock::time_point start = Clock::now();
+        std::printf("%s ...", label.c_str());
+        std::fflush(stdout);
+        Study study = run();
+        std::printf(" done (%.0f s)\n", std::chrono::duration<double>(Clock::now() - start).count());
+        md += "\n## " + study.title + "\n\n" + study.markdown;
+        write_file(out / (study.name + ".svg"), report::render_svg(study.chart));
+        std::printf("\n%s\n", study.markdown.substr(0, study.markdown.find("\n![")).c_str());
+    }
+    write_file(out / "results.md", md);
+    std::printf("wrote %s/results.md and its charts\n", out.string().c_str());
+    return 0;
+}
+
 Settings parse(int argc, char** argv) {
     Settings settings;
     settings.out = own_directory().parent_path() / "tour";
@@ -328,6 +531,8 @@ Settings parse(int argc, char** argv) {
         const std::string arg = argv[i];
         if (arg == "--quick") {
             settings.quick = true;
+        } else if (arg == "--bench") {
+            settings.bench = true;
         } else if (arg == "--chapters" && i + 1 < argc) {
             std::stringstream list(argv[++i]);
             for (std::string item; std::getline(list, item, ',');)
@@ -335,7 +540,7 @@ Settings parse(int argc, char** argv) {
         } else if (arg == "--out" && i + 1 < argc) {
             settings.out = argv[++i];
         } else {
-            std::fprintf(stderr, "usage: tour [--chapters 01,03,...] [--quick] [--out DIR]\n");
+            std::fprintf(stderr, "usage: tour [--bench] [--chapters 01,03,...] [--quick] [--out DIR]\n");
             std::exit(2);
         }
     }
@@ -350,6 +555,7 @@ int main(int argc, char** argv) {
         const fs::path build = own_directory().parent_path();  // build/tools/tour -> build
         const fs::path loadgen = build / "tools" / "loadgen";
         if (!fs::exists(loadgen)) throw std::runtime_error(loadgen.string() + " is missing: run make tools");
+        if (settings.bench) return run_bench(settings, build, loadgen);
         std::vector<fs::path> servers;
         for (const auto& entry : fs::directory_iterator(build / "chapters")) {
             const std::string name = entry.path().filename().string();
