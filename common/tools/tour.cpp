@@ -18,8 +18,9 @@
 // build/bench): the thread pool sweep (chapter 04, /sleep latency as workers
 // vary); throughput and server CPU per request of the one-thread loops
 // (05-07, and nginx through wrk when both are installed); and many idle
-// connections (1,000 / 5,000 / 10,000) on the thread-per-connection and poll
-// servers: memory per connection and the latency of one active client.
+// connections (1,000 / 5,000 / 10,000) on the thread-per-connection, poll and
+// epoll servers (chapters 08+ once they exist): memory per connection and the
+// latency of one active client.
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -460,11 +461,14 @@ Study many_idle(const fs::path& build, const fs::path& loadgen, bool quick) {
     chart.y_label = "ミリ秒";
     chart.log_scale = true;
     std::vector<report::Row> rows;
-    for (const char* number : {"03", "07"}) {
+    // Thread per connection, poll, and every epoll chapter that exists (08 on).
+    const std::vector<std::pair<std::string, std::string>> servers{
+        {"03", "#2ca02c"}, {"07", "#d62728"}, {"08", "#1f77b4"}, {"09", "#9467bd"}, {"10", "#8c564b"}, {"11", "#e377c2"}};
+    for (const auto& [number, color] : servers) {
         const fs::path server = chapter_server(build, number);
         if (server.empty()) continue;
         const std::string name = server.parent_path().filename().string();
-        report::BarSeries series{name, number == std::string("03") ? "#2ca02c" : "#d62728", {}};
+        report::BarSeries series{name, color, {}};
         for (int idle : counts) {
             if (chart.categories.size() < counts.size()) chart.categories.push_back(std::to_string(idle) + " 本");
             common::StartedServer s = common::start_server(server.string(), {});
