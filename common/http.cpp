@@ -361,8 +361,12 @@ Response handle(const Request& request, const common::Stats& stats) {
         if (!n) return bad_parameter("expected n=0..67108864");
         Response r;
         r.content_type = "application/octet-stream";
+        // The pattern repeats every 64 bytes: copy whole periods, not bytes.
+        std::string period(64, '\0');
+        for (std::size_t i = 0; i < period.size(); ++i) period[i] = pattern_byte(i);
+        r.body.reserve(static_cast<std::size_t>(*n) + period.size());
+        while (r.body.size() < static_cast<std::size_t>(*n)) r.body += period;
         r.body.resize(static_cast<std::size_t>(*n));
-        for (std::size_t i = 0; i < r.body.size(); ++i) r.body[i] = pattern_byte(i);
         return r;
     }
     if (path == "/echo") {

@@ -323,7 +323,7 @@ OpenConnections::Entry OpenConnections::add(int fd) {
 
 void OpenConnections::remove(int fd) {
     std::lock_guard lock(mutex_);
-    fds_.erase(fd);
+    fds_.erase(fds_.find(fd));  // this registration only
     // Notified under the lock: the waiter cannot return (and destroy us)
     // before we are done with the mutex.
     if (fds_.empty()) empty_.notify_all();

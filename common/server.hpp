@@ -168,7 +168,11 @@ private:
 
     std::mutex mutex_;
     std::condition_variable empty_;
-    std::unordered_set<int> fds_;
+    // A multiset: a socket is closed before its Entry goes, so accept() may
+    // hand the same number to a new connection while the old Entry still
+    // exists. Each registration counts on its own; shutdown(fd) reaches the
+    // socket that has the number now.
+    std::unordered_multiset<int> fds_;
     bool stopping_ = false;
 };
 

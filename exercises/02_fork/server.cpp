@@ -40,7 +40,6 @@ struct RequestsAllProcesses {
     std::atomic<std::uint64_t>& shown;  // this process's counter in Stats
 };
 
-
 // Serves one client until it closes, asks to close, or sends something we
 // cannot parse. The same blocking code as chapter 01: here it blocks only
 // the child process it runs in.

@@ -17,7 +17,6 @@
 #include <exception>
 #include <system_error>
 #include <thread>
-#include <utility>
 
 #include "fd.hpp"
 #include "http.hpp"

@@ -45,15 +45,14 @@ struct RequestsAllProcesses {
 };
 
 // LAB BEGIN
+// A counter in memory that fork() shares instead of copying. MAP_SHARED: every
+// process forked after the mmap sees the same pages; MAP_ANONYMOUS: no file
+// behind them, zero-filled. Create it before the first fork.
 // std::atomic works between processes only when it is lock-free (asserted
 // below, where the SIGCHLD handler needs it too): then each operation is one
 // atomic instruction on the shared memory itself (lock xadd on x86-64; ldadd,
 // or an ldxr/stxr loop, on aarch64). A type that needs a lock takes it from a
 // table private to each process, which protects nothing.
-
-// A counter in memory that fork() shares instead of copying. MAP_SHARED: every
-// process forked after the mmap sees the same pages; MAP_ANONYMOUS: no file
-// behind them, zero-filled. Create it before the first fork.
 class SharedCounter {
 public:
     SharedCounter() {
@@ -71,9 +70,9 @@ private:
     using Counter = std::atomic<std::uint64_t>;
     Counter* counter_ = nullptr;
 };
+
 // LAB SKELETON
 // LAB END
-
 // Serves one client until it closes, asks to close, or sends something we
 // cannot parse. The same blocking code as chapter 01: here it blocks only
 // the child process it runs in.

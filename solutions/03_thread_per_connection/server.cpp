@@ -21,7 +21,6 @@
 #include <exception>
 #include <system_error>
 #include <thread>
-#include <utility>
 
 #include "fd.hpp"
 #include "http.hpp"
