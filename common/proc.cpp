@@ -83,6 +83,7 @@ long thread_count(pid_t pid) { return status_field(pid, "Threads"); }
 
 long rss_kib(pid_t pid) { return status_field(pid, "VmRSS"); }
 long vm_kib(pid_t pid) { return status_field(pid, "VmSize"); }
+long peak_rss_kib(pid_t pid) { return status_field(pid, "VmHWM"); }
 
 double runnable_seconds(pid_t pid) {
     double total_ns = 0;

@@ -19,6 +19,7 @@ double cpu_seconds(pid_t pid);
 double runnable_seconds(pid_t pid);
 long thread_count(pid_t pid);   // of this process only
 long rss_kib(pid_t pid);        // resident memory, of this process only
+long peak_rss_kib(pid_t pid);   // the most resident memory it ever had (VmHWM), of this process only
 long vm_kib(pid_t pid);         // virtual memory, of this process only
 // Proportional set size: resident memory with each shared page divided among
 // the processes sharing it, so a fork's copy-on-write pages are not counted

@@ -48,16 +48,20 @@ struct LoopCounters {
     std::atomic<std::uint64_t>& loop_iterations;
 };
 
-// Turns every complete request into response bytes (handlers run right here,
-// in the loop's only thread).
+// A client may pipeline many requests and never read: answering pauses at
+// this much pending output, so we never hold more than about one response.
+constexpr std::size_t kOutputHighWater = 256 * 1024;
+
+// Turns complete requests into response bytes (handlers run right here, in
+// the loop's only thread), until the output reaches the high-water mark.
+// The other requests wait in the parser until the output is sent.
 void answer_requests(Connection& c, common::Stats& stats) {
-    for (http::ParseResult r = c.parser.next(); r.kind != http::ParseResult::need_more; r = c.parser.next()) {
+    while (!c.close_after_output && c.output.size() < kOutputHighWater) {
+        http::ParseResult r = c.parser.next();
+        if (r.kind == http::ParseResult::need_more) return;
         http::Reply reply = http::respond(r, stats);
         c.output += reply.bytes;
-        if (reply.close_after) {
-            c.close_after_output = true;
-            return;  // ignore anything pipelined after a closing request
-        }
+        c.close_after_output = reply.close_after;  // then ignore anything pipelined after it
     }
 }
 
@@ -89,6 +93,16 @@ bool flush_output(Connection& c) {
 }
 // ANCHOR_END: flush_output
 
+// Sends pending output; once all of it is gone, answers the requests that
+// waited behind it and sends those, until the kernel takes no more or no
+// complete request is left.
+void answer_and_send(Connection& c, common::Stats& stats) {
+    while (!c.closed && flush_output(c)) {
+        answer_requests(c, stats);
+        if (c.output.empty()) return;
+    }
+}
+
 // ANCHOR: try_read
 // One attempt to read. EAGAIN means "nothing yet": we count it and move on.
 void try_read(Connection& c, common::Stats& stats, LoopCounters& counters) {
@@ -97,7 +111,7 @@ void try_read(Connection& c, common::Stats& stats, LoopCounters& counters) {
     ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
     if (n > 0) {
         c.parser.feed({buffer, static_cast<std::size_t>(n)});
-        answer_requests(c, stats);
+        answer_and_send(c, stats);  // often the answer fits in the socket buffer at once
     } else if (n == 0) {
         c.closed = true;  // the client closed its side
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -145,10 +159,9 @@ int main(int argc, char** argv) {
             if (!stopping) accept_pending_clients(listener.get(), connections, stats);
             // ANCHOR: round
             for (auto& c : connections) {
-                if (!c->output.empty()) flush_output(*c);  // finish a response before reading more
-                else if (stopping) c->closed = true;       // idle at shutdown: nothing to finish
+                if (!c->output.empty()) answer_and_send(*c, stats);  // finish a response before reading more
+                else if (stopping) c->closed = true;                 // idle at shutdown: nothing to finish
                 else try_read(*c, stats, counters);
-                if (!c->closed && !c->output.empty()) flush_output(*c);
             }
             // ANCHOR_END: round
             std::erase_if(connections, [](const auto& c) { return c->closed; });

@@ -271,6 +271,30 @@ TEST_CASE("a slow reader gets every byte of a large response", "[behaviour]") {
     CHECK(body_matches_pattern(r->body));
 }
 
+TEST_CASE("a client that pipelines big requests and never reads cannot make the server hold every response",
+          "[behaviour]") {
+    ServerProcess server;
+    const long peak_before = peak_rss_kib(server.pid());
+    {
+        Client c(server.port());
+        c.set_receive_buffer(64 * 1024);
+        // 64 requests in one write, 16 MiB each: 1 GiB of responses if the
+        // server answered every request it has read before sending.
+        std::string requests;
+        for (int i = 0; i < 64; ++i) requests += get_request("/bytes?n=16777216");
+        c.send(requests);
+        REQUIRE(eventually([&] { return server_has_read_all(c, server.port()); }, scaled(10s)));
+        c.reset();  // leaves without reading a byte
+    }
+    // The server has dealt with the client when it serves the next one (a
+    // loop thread finishes its round first). A fork server's child takes its
+    // memory along when it exits; it sends each response before the next.
+    check_still_serving(server);
+    const long grown_mib = (peak_rss_kib(server.pid()) - peak_before) / 1024;
+    INFO("peak resident memory grew by " << grown_mib << " MiB");
+    CHECK(grown_mib < 300);  // a response or two at a time (sanitizers keep freed blocks a while)
+}
+
 TEST_CASE("running out of file descriptors sheds clients, never crashes", "[behaviour]") {
     ServerProcess server;
     const long in_use = open_fd_count(server.pid());

@@ -143,6 +143,7 @@ bool eventually(const std::function<bool()>& cond, Clock::duration timeout = 5s)
 
 using common::proc::cpu_seconds;
 using common::proc::open_fd_count;
+using common::proc::peak_rss_kib;
 using common::proc::process_tree;
 using common::proc::rss_kib;
 using common::proc::runnable_seconds;

@@ -75,16 +75,20 @@ struct LoopCounters {
     std::atomic<std::uint64_t>& refused_fd_setsize; // clients we could not watch
 };
 
-// Turns every complete request into response bytes (handlers run right here,
-// in the loop's only thread).
+// A client may pipeline many requests and never read: answering pauses at
+// this much pending output, so we never hold more than about one response.
+constexpr std::size_t kOutputHighWater = 256 * 1024;
+
+// Turns complete requests into response bytes (handlers run right here, in
+// the loop's only thread), until the output reaches the high-water mark.
+// The other requests wait in the parser until the output is sent.
 void answer_requests(Connection& c, common::Stats& stats) {
-    for (http::ParseResult r = c.parser.next(); r.kind != http::ParseResult::need_more; r = c.parser.next()) {
+    while (!c.close_after_output && c.output.size() < kOutputHighWater) {
+        http::ParseResult r = c.parser.next();
+        if (r.kind == http::ParseResult::need_more) return;
         http::Reply reply = http::respond(r, stats);
         c.output += reply.bytes;
-        if (reply.close_after) {
-            c.close_after_output = true;
-            return;  // ignore anything pipelined after a closing request
-        }
+        c.close_after_output = reply.close_after;  // then ignore anything pipelined after it
     }
 }
 
@@ -112,13 +116,23 @@ bool flush_output(Connection& c) {
     return true;
 }
 
+// Sends pending output; once all of it is gone, answers the requests that
+// waited behind it and sends those, until the kernel takes no more or no
+// complete request is left.
+void answer_and_send(Connection& c, common::Stats& stats) {
+    while (!c.closed && flush_output(c)) {
+        answer_requests(c, stats);
+        if (c.output.empty()) return;
+    }
+}
+
 // select() said the socket is readable: one recv() will not block.
 void read_ready(Connection& c, common::Stats& stats) {
     char buffer[16 * 1024];
     ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
     if (n > 0) {
         c.parser.feed({buffer, static_cast<std::size_t>(n)});
-        answer_requests(c, stats);
+        answer_and_send(c, stats);  // often the answer fits in the socket buffer at once
     } else if (n == 0) {
         c.closed = true;  // the client closed its side
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -248,9 +262,8 @@ int main(int argc, char** argv) {
                 //> // TODO(lab 06): a client whose socket is ready (bytes or EOF arrived,
                 //> // or its send buffer has room) is active: set its last_activity to now.
                 // LAB END
-                if (FD_ISSET(fd, &writable)) flush_output(*c);
+                if (FD_ISSET(fd, &writable)) answer_and_send(*c, stats);
                 else if (FD_ISSET(fd, &readable)) read_ready(*c, stats);
-                if (!c->closed && !c->output.empty()) flush_output(*c);  // often it fits at once
             }
             // LAB BEGIN
             if (idle_timeout.count() > 0)

@@ -70,10 +70,17 @@ struct LoopCounters {
     std::atomic<std::uint64_t>& wakeups;  // poll() returned
 };
 
-// Turns every complete request into response bytes (handlers run right here,
-// in the loop's only thread).
+// A client may pipeline many requests and never read: answering pauses at
+// this much pending output, so we never hold more than about one response.
+constexpr std::size_t kOutputHighWater = 256 * 1024;
+
+// Turns complete requests into response bytes (handlers run right here, in
+// the loop's only thread), until the output reaches the high-water mark.
+// The other requests wait in the parser until the output is sent.
 void answer_requests(Connection& c, common::Stats& stats) {
-    for (http::ParseResult r = c.parser.next(); r.kind != http::ParseResult::need_more; r = c.parser.next()) {
+    while (!c.close_after_output && c.output.size() < kOutputHighWater) {
+        http::ParseResult r = c.parser.next();
+        if (r.kind == http::ParseResult::need_more) break;
         // LAB BEGIN
         c.request_started.reset();  // this request is complete: it met its deadline
         // LAB SKELETON
@@ -81,10 +88,7 @@ void answer_requests(Connection& c, common::Stats& stats) {
         // LAB END
         http::Reply reply = http::respond(r, stats);
         c.output += reply.bytes;
-        if (reply.close_after) {
-            c.close_after_output = true;
-            return;  // ignore anything pipelined after a closing request
-        }
+        c.close_after_output = reply.close_after;  // then ignore anything pipelined after it
     }
     // LAB BEGIN
     // Part of the next request is here: its clock starts now, and keeps
@@ -120,13 +124,23 @@ bool flush_output(Connection& c) {
     return true;
 }
 
+// Sends pending output; once all of it is gone, answers the requests that
+// waited behind it and sends those, until the kernel takes no more or no
+// complete request is left.
+void answer_and_send(Connection& c, common::Stats& stats) {
+    while (!c.closed && flush_output(c)) {
+        answer_requests(c, stats);
+        if (c.output.empty()) return;
+    }
+}
+
 // poll() said the socket is readable: one recv() will not block.
 void read_ready(Connection& c, common::Stats& stats) {
     char buffer[16 * 1024];
     ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
     if (n > 0) {
         c.parser.feed({buffer, static_cast<std::size_t>(n)});
-        answer_requests(c, stats);
+        answer_and_send(c, stats);  // often the answer fits in the socket buffer at once
     } else if (n == 0) {
         c.closed = true;  // the client closed its side
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -228,9 +242,8 @@ int main(int argc, char** argv) {
                 Connection& c = *connections[i];
                 const short revents = interest[i + 1].revents;
                 // POLLHUP and POLLERR come unasked: recv or send then reports them.
-                if (revents & POLLOUT) flush_output(c);
+                if (revents & POLLOUT) answer_and_send(c, stats);
                 else if (revents & (POLLIN | POLLHUP | POLLERR)) read_ready(c, stats);
-                if (!c.closed && !c.output.empty()) flush_output(c);  // often it fits at once
             }
             if (interest[0].revents & POLLIN) accept_pending_clients(listener.get(), connections, stats);
             // LAB BEGIN
