@@ -85,7 +85,11 @@ long rss_kib(pid_t pid) { return status_field(pid, "VmRSS"); }
 long vm_kib(pid_t pid) { return status_field(pid, "VmSize"); }
 long peak_rss_kib(pid_t pid) { return status_field(pid, "VmHWM"); }
 
-double runnable_seconds(pid_t pid) {
+namespace {
+
+// Sums, over every thread of the tree, /proc/.../schedstat's first field (ns
+// on a CPU) and, if asked, its second (ns waiting in a run queue).
+double schedstat_seconds(pid_t pid, bool with_waiting) {
     double total_ns = 0;
     for (pid_t p : process_tree(pid)) {
         const std::string tasks = "/proc/" + std::to_string(p) + "/task";
@@ -95,12 +99,17 @@ double runnable_seconds(pid_t pid) {
             if (e->d_name[0] == '.') continue;
             std::ifstream in(tasks + "/" + e->d_name + "/schedstat");
             double on_cpu_ns = 0, waiting_ns = 0;
-            if (in >> on_cpu_ns >> waiting_ns) total_ns += on_cpu_ns + waiting_ns;
+            if (in >> on_cpu_ns >> waiting_ns) total_ns += on_cpu_ns + (with_waiting ? waiting_ns : 0);
         }
         ::closedir(dir);
     }
     return total_ns / 1e9;
 }
+
+}  // namespace
+
+double runnable_seconds(pid_t pid) { return schedstat_seconds(pid, true); }
+double on_cpu_seconds(pid_t pid) { return schedstat_seconds(pid, false); }
 
 long pss_kib(pid_t pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");

@@ -17,6 +17,9 @@ double cpu_seconds(pid_t pid);
 // queue for one (/proc/.../schedstat). A thread that never sleeps is runnable
 // all the time, however busy the machine; a sleeping one is not at all.
 double runnable_seconds(pid_t pid);
+// Seconds the tree's live threads spent on a CPU, to the nanosecond
+// (schedstat); cpu_seconds counts in clock ticks, too coarse for a request.
+double on_cpu_seconds(pid_t pid);
 long thread_count(pid_t pid);   // of this process only
 long rss_kib(pid_t pid);        // resident memory, of this process only
 long peak_rss_kib(pid_t pid);   // the most resident memory it ever had (VmHWM), of this process only

@@ -60,3 +60,17 @@ TEST_CASE("5,000 concurrent connections on one thread", "[chapter07][lesson]") {
     CHECK(s["threads"] == 1);
     CHECK(own_threads(thread_count(server.pid())) == 1);
 }
+
+TEST_CASE("5,000 idle connections make every request of an active client dearer", "[chapter07][lesson]") {
+    constexpr int kIdle = 5000, kRequests = 500;
+    raise_fd_limit(kIdle + 1000);
+    ServerProcess server;
+    server.set_fd_limit(kIdle + 1000);
+    const ActiveCost alone = active_client_cost(server, 0, kRequests);
+    const ActiveCost crowded = active_client_cost(server, kIdle, kRequests);
+    INFO("server CPU per request: " << alone.cpu_us_per_request << " µs alone, " << crowded.cpu_us_per_request
+                                    << " µs beside " << kIdle << " idle connections");
+    // Each wake-up hands poll() all 5,001 entries and scans them: the work a
+    // request costs grows with the connections nobody uses. (Chapter 08: flat.)
+    CHECK(crowded.cpu_us_per_request > 3 * alone.cpu_us_per_request);
+}

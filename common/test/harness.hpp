@@ -142,6 +142,7 @@ bool eventually(const std::function<bool()>& cond, Clock::duration timeout = 5s)
 // ---- what /proc says about a process (common/proc.hpp) ------------------------
 
 using common::proc::cpu_seconds;
+using common::proc::on_cpu_seconds;
 using common::proc::open_fd_count;
 using common::proc::peak_rss_kib;
 using common::proc::process_tree;

@@ -42,6 +42,23 @@ IdleCost idle_cost(ServerProcess& server, int idle, const std::string& counter) 
     return cost;
 }
 
+ActiveCost active_client_cost(ServerProcess& server, int idle, int requests) {
+    std::vector<std::unique_ptr<Client>> clients;
+    for (int i = 0; i < idle; ++i) clients.push_back(std::make_unique<Client>(server.port()));
+    if (!eventually([&] { return stats(server.port())["connections_open"] >= idle + 1; }, scaled(30s)))
+        throw std::runtime_error("the server did not accept all " + std::to_string(idle) + " idle clients");
+    Client active(server.port());
+    const std::string request = get_request("/");
+    if (active.request(request).status != 200) throw std::runtime_error("GET / failed");  // accepted and warm
+    std::map<std::string, long long> before = stats(server.port());
+    const double cpu_before = on_cpu_seconds(server.pid());
+    for (int i = 0; i < requests; ++i)
+        if (active.request(request).status != 200) throw std::runtime_error("GET / failed");
+    const double cpu = on_cpu_seconds(server.pid()) - cpu_before;
+    std::map<std::string, long long> after = stats(server.port());
+    return {1e6 * cpu / requests, after["wakeups"] - before["wakeups"], after["events"] - before["events"]};
+}
+
 double quick_answer_after_slow_request_ms(ServerProcess& server) {
     Client slow(server.port());
     const Clock::time_point slow_sent = Clock::now();

@@ -30,6 +30,17 @@ struct IdleCost {
 };
 IdleCost idle_cost(ServerProcess& server, int idle, const std::string& counter);
 
+// Holds `idle` silent connections while one keep-alive client sends
+// `requests` GET / one after another. Returns the server's time on a CPU per
+// request and the growth of two /stats counters (0 if the server has none)
+// across those requests.
+struct ActiveCost {
+    double cpu_us_per_request = 0;
+    long long wakeups = 0;
+    long long events = 0;
+};
+ActiveCost active_client_cost(ServerProcess& server, int idle, int requests);
+
 // A client sends /sleep?ms=300; once the server sleeps in its handler, a
 // second sends GET /. Returns the ms from the first request to the second
 // answer (>= 300 when a slow handler stalls everyone).
