@@ -210,15 +210,21 @@ std::string render_svg(const BarChart& chart) {
                       group_x + group_w / 2 + 10, top + plot_h + 22, group_x + group_w / 2 + 10, top + plot_h + 22);
         add(buf + xml_escape(chart.categories[g]) + "</text>");
     }
-    // Legend, top right.
-    double legend_x = left + plot_w - 170.0 * static_cast<double>(chart.series.size());
+    // Legend, top right: each entry as wide as its swatch and name (about
+    // 8.5 px per column at font-size 15; a CJK character takes two columns).
+    auto entry_width = [](const BarSeries& series) {
+        return 22.0 + 8.5 * static_cast<double>(display_width(series.name)) + 28.0;
+    };
+    double legend_w = 0;
+    for (const BarSeries& series : chart.series) legend_w += entry_width(series);
+    double legend_x = std::max(left, left + plot_w - legend_w);
     for (const BarSeries& series : chart.series) {
         std::snprintf(buf, sizeof buf,
                       "<rect x=\"%.1f\" y=\"46\" width=\"16\" height=\"16\" fill=\"%s\"/>"
                       "<text x=\"%.1f\" y=\"59\" font-size=\"15\" fill=\"#222\">",
                       legend_x, series.color.c_str(), legend_x + 22);
         add(buf + xml_escape(series.name) + "</text>");
-        legend_x += 170;
+        legend_x += entry_width(series);
     }
     add("</svg>");
     return svg;

@@ -83,6 +83,22 @@ TEST_CASE("an SVG bar chart has its bars, axes, labels and legend", "[report]") 
     CHECK(svg.find("<script") == std::string::npos);
 }
 
+TEST_CASE("legend entries leave room for their names", "[report]") {
+    report::BarChart chart;
+    chart.title = "t";
+    chart.y_label = "ms";
+    chart.categories = {"a"};
+    chart.series = {{"03_thread_per_connection", "#111111", {1}}, {"07_poll", "#222222", {2}}};
+    const std::string svg = report::render_svg(chart);
+    // The swatches are the 16x16 rects at y=46; the first name needs about
+    // 24 columns of 8 px after its swatch.
+    std::vector<double> xs;
+    for (std::size_t at = svg.find("<rect x=\""); at != std::string::npos; at = svg.find("<rect x=\"", at + 1))
+        if (svg.compare(svg.find('"', at + 9) + 1, 7, " y=\"46\"") == 0) xs.push_back(std::stod(svg.substr(at + 9)));
+    REQUIRE(xs.size() == 2);
+    CHECK(xs[1] - xs[0] >= 22 + 24 * 8);
+}
+
 TEST_CASE("a log-scale chart spans whole decades", "[report]") {
     report::BarChart chart;
     chart.title = "memory";

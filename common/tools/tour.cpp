@@ -16,10 +16,10 @@
 //
 // The longer studies, each a Markdown table and an SVG chart in DIR (default
 // build/bench): the thread pool sweep (chapter 04, /sleep latency as workers
-// vary); throughput and server CPU per request of the one-thread loops
-// (05-07, and nginx through wrk when both are installed); and many idle
+// vary); throughput and server CPU per request of every event-loop chapter
+// (05 on, and nginx through wrk when both are installed); and many idle
 // connections (1,000 / 5,000 / 10,000) on the thread-per-connection, poll and
-// epoll servers (chapters 08+ once they exist): memory per connection and the
+// epoll servers (chapter 03, 07, and 08 on): memory per connection and the
 // latency of one active client.
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -397,7 +397,8 @@ Study loop_throughput(const fs::path& build, const fs::path& loadgen, bool quick
     chart.y_label = "リクエスト / 秒";
     chart.series = {{"req/s", "#17becf", {}}};
     std::vector<report::Row> rows;
-    for (const char* number : {"05", "06", "07"}) {
+    // Every event-loop chapter that exists (05 on).
+    for (const char* number : {"05", "06", "07", "08", "09", "10", "11"}) {
         const fs::path server = chapter_server(build, number);
         if (server.empty()) continue;
         common::StartedServer s = common::start_server(server.string(), {});
