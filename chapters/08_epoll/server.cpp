@@ -18,7 +18,9 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <memory>
@@ -202,10 +204,11 @@ int main(int argc, char** argv) {
         // ANCHOR_END: setup
         common::announce_listening(listener.get());
         Connections connections;
-        bool listening = true;
+        bool listening = true;  // is the listener in the interest list? (removed once, at stop)
 
         // ANCHOR: loop
         for (;;) {
+            // ANCHOR: stop
             if (common::stop_requested()) {  // finish responses in progress; idle clients are done
                 if (listening) {
                     if (::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, listener.get(), nullptr) < 0)
@@ -216,10 +219,12 @@ int main(int argc, char** argv) {
                 std::erase_if(connections, [](const auto& entry) { return entry.second->output.empty(); });
                 if (connections.empty()) break;
             }
+            // ANCHOR_END: stop
             // ANCHOR: wait
             // No interest to build: the kernel keeps it. Only ready sockets come back.
             std::array<epoll_event, 256> events;
-            const int ready = ::epoll_wait(epoll.get(), events.data(), static_cast<int>(events.size()), -1);  // sleeps
+            const int ready =
+                ::epoll_wait(epoll.get(), events.data(), static_cast<int>(events.size()), -1);  // sleeps
             // ANCHOR_END: wait
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
