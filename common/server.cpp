@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -112,6 +113,18 @@ std::string format_address(const sockaddr* address, socklen_t length) {
     return "?";
 }
 
+namespace {
+
+// One descriptor held in reserve for the EMFILE dance (see accept_client).
+// It is taken with the listener, while descriptors are surely available: a
+// server that looked for it only when out of them would find none.
+std::mutex g_spare_mutex;
+UniqueFd g_spare_fd;
+
+UniqueFd open_spare() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
+}  // namespace
+
 UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags) {
     const std::string where = config.host + ":" + std::to_string(config.port);
     addrinfo hints{};
@@ -133,6 +146,9 @@ UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags) {
         throw_errno("setsockopt SO_REUSEADDR " + where);
     if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) throw_errno("bind " + where);
     if (::listen(fd.get(), SOMAXCONN) != 0) throw_errno("listen " + where);
+    std::lock_guard lock(g_spare_mutex);
+    if (!g_spare_fd) g_spare_fd = open_spare();
+    if (!g_spare_fd) throw_errno("open /dev/null (the spare descriptor for EMFILE)");
     return fd;
 }
 
@@ -189,12 +205,6 @@ bool stop_requested() noexcept { return g_stop.load(); }
 
 namespace {
 
-// One descriptor held in reserve for the EMFILE dance (see accept_client).
-std::mutex g_spare_mutex;
-UniqueFd g_spare_fd;
-
-UniqueFd open_spare() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
-
 // Counts and logs shed connections, at most once per second.
 void log_shed(int error) {
     static std::mutex mutex;
@@ -214,59 +224,87 @@ void log_shed(int error) {
 Accepted accept_client(int listen_fd, int flags) {
     {
         std::lock_guard lock(g_spare_mutex);
-        if (!g_spare_fd) g_spare_fd = open_spare();
+        if (!g_spare_fd) g_spare_fd = open_spare();  // given back after a dance that could not retake it
     }
     Accepted result;
-    sockaddr_storage address{};
-    socklen_t length = sizeof address;
-    int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&address), &length, flags | SOCK_CLOEXEC);
-    if (fd >= 0) {
-        result.status = Accepted::accepted;
-        result.fd.reset(fd);
-        result.peer = format_address(reinterpret_cast<sockaddr*>(&address), length);
-        return result;
-    }
-    const int error = errno;
-    switch (error) {
-        case EAGAIN:
-            result.status = Accepted::would_block;
-            return result;
-        case EINTR:
-            result.status = Accepted::interrupted;
-            return result;
-        case EMFILE:
-        case ENFILE: {
-            std::lock_guard lock(g_spare_mutex);
-            g_spare_fd.reset();  // frees exactly one descriptor
-            UniqueFd doomed(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-            doomed.reset();  // the client sees the connection close instead of hanging
-            g_spare_fd = open_spare();
-            log_shed(error);
-            result.status = Accepted::shed;
+    bool waited_for_client = false;
+    for (;;) {
+        sockaddr_storage address{};
+        socklen_t length = sizeof address;
+        int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&address), &length, flags | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            result.status = Accepted::accepted;
+            result.fd.reset(fd);
+            result.peer = format_address(reinterpret_cast<sockaddr*>(&address), length);
             return result;
         }
-        // The connection was reset or the network failed after the handshake but
-        // before we took the connection; accept(2) says to treat these like EAGAIN.
-        case ECONNABORTED:
-        case EPROTO:
-        case ENETDOWN:
-        case ENOPROTOOPT:
-        case EHOSTDOWN:
-        case ENONET:
-        case EHOSTUNREACH:
-        case EOPNOTSUPP:
-        case ENETUNREACH:
-        case ETIMEDOUT:
-        case EPERM:  // a firewall rule refused it
-            result.status = Accepted::retry;
-            return result;
-        case ENOBUFS:
-        case ENOMEM:
-            log_line("accept: " + std::string(std::strerror(error)));
-            result.status = Accepted::retry;
-            return result;
-        default:  // EBADF, EINVAL, ENOTSOCK...: a bug in the server, not a client's doing
-            throw_error_code(error, "accept4 fd " + std::to_string(listen_fd));
+        const int error = errno;
+        switch (error) {
+            case EAGAIN:
+                result.status = Accepted::would_block;
+                return result;
+            case EINTR:
+                result.status = Accepted::interrupted;
+                return result;
+            case EMFILE:
+            case ENFILE: {
+                // accept4 fails at once, before it waits for a client: with no
+                // descriptor it reserves none. Shed only a client that is really
+                // there (a blocking listener waits for one here, a non-blocking
+                // one only looks), and first try again: descriptors may have
+                // come free while we waited.
+                if (!waited_for_client) {
+                    const int flags_now = ::fcntl(listen_fd, F_GETFL);
+                    if (flags_now < 0) throw_errno("fcntl F_GETFL fd " + std::to_string(listen_fd));
+                    pollfd pending{listen_fd, POLLIN, 0};
+                    const int ready = ::poll(&pending, 1, (flags_now & O_NONBLOCK) ? 0 : -1);
+                    if (ready < 0 && errno != EINTR) throw_errno("poll fd " + std::to_string(listen_fd));
+                    if (ready < 0) {
+                        result.status = Accepted::interrupted;
+                        return result;
+                    }
+                    if (ready == 0) {
+                        result.status = Accepted::would_block;
+                        return result;
+                    }
+                    waited_for_client = true;
+                    continue;
+                }
+                std::lock_guard lock(g_spare_mutex);
+                g_spare_fd.reset();  // frees exactly one descriptor
+                UniqueFd doomed(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+                const bool shed = static_cast<bool>(doomed);
+                doomed.reset();  // the client sees the connection close instead of hanging
+                g_spare_fd = open_spare();
+                log_shed(error);
+                // Nothing shed (no spare to free, or the client left meanwhile):
+                // "nothing more now", rather than have the caller retry at once.
+                result.status = shed ? Accepted::shed : Accepted::would_block;
+                return result;
+            }
+            // The connection was reset or the network failed after the handshake but
+            // before we took the connection; accept(2) says to treat these like EAGAIN.
+            case ECONNABORTED:
+            case EPROTO:
+            case ENETDOWN:
+            case ENOPROTOOPT:
+            case EHOSTDOWN:
+            case ENONET:
+            case EHOSTUNREACH:
+            case EOPNOTSUPP:
+            case ENETUNREACH:
+            case ETIMEDOUT:
+            case EPERM:  // a firewall rule refused it
+                result.status = Accepted::retry;
+                return result;
+            case ENOBUFS:
+            case ENOMEM:
+                log_line("accept: " + std::string(std::strerror(error)));
+                result.status = Accepted::retry;
+                return result;
+            default:  // EBADF, EINVAL, ENOTSOCK...: a bug in the server, not a client's doing
+                throw_error_code(error, "accept4 fd " + std::to_string(listen_fd));
+        }
     }
 }
 

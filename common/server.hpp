@@ -46,7 +46,8 @@ ServerConfig parse_command_line(int argc, char** argv, std::string_view summary,
 
 // ---- listening socket -------------------------------------------------------
 
-// socket + SO_REUSEADDR + bind + listen. extra_type_flags may add SOCK_NONBLOCK.
+// socket + SO_REUSEADDR + bind + listen, and the spare descriptor that
+// accept_client frees when the process runs out. extra_type_flags may add SOCK_NONBLOCK.
 // Throws std::system_error naming the call and address ("bind 127.0.0.1:80: ...").
 UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags = 0);
 
@@ -87,8 +88,12 @@ struct Accepted {
 // accept4(2) with every error a long-running server meets handled. On EMFILE
 // the kernel keeps the connection queued and the listener stays readable, so
 // a loop that just retries would spin at 100% CPU: instead we free a spare
-// descriptor, accept the connection and close it, so the client gets a clean
-// close and the backlog drains. flags: SOCK_CLOEXEC is always added.
+// descriptor (taken by listen_tcp, while there were descriptors to take),
+// accept the connection and close it, so the client gets a clean close and the
+// backlog drains. accept4 says EMFILE before it waits for a client, so we
+// first wait until one is pending (a non-blocking listener only looks) and try
+// once more: only a client that is really there, and still cannot be taken, is
+// shed. flags: SOCK_CLOEXEC is always added.
 Accepted accept_client(int listen_fd, int flags = 0);
 
 // ---- blocking I/O helpers (chapters 01-04) ----------------------------------

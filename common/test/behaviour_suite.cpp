@@ -7,7 +7,12 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <filesystem>
+#include <memory>
+#include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "harness.hpp"
 #include "http.hpp"
@@ -34,6 +39,17 @@ void check_still_serving(ServerProcess& server) {
     REQUIRE(server.running());
     http::ClientResponse r = get(server.port(), "/");
     CHECK(r.status == 200);
+}
+
+// The lowest descriptor number the process does not use: the one its next
+// open(), socket() or accept() would get.
+int lowest_free_fd(pid_t pid) {
+    std::set<int> used;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
+        used.insert(std::stoi(entry.path().filename().string()));
+    int n = 0;
+    while (used.count(n)) ++n;
+    return n;
 }
 
 }  // namespace
@@ -311,6 +327,46 @@ TEST_CASE("running out of file descriptors sheds clients, never crashes", "[beha
         }
     }
     CHECK(answered + shed == 12);
+    server.set_fd_limit(1024);
+    check_still_serving(server);
+}
+
+TEST_CASE("with no descriptor left, waiting clients are shed and the server does not spin", "[behaviour]") {
+    ServerProcess server;
+    auto runnable_share = [&](Clock::duration window) {
+        const double before = runnable_seconds(server.pid());
+        const Clock::time_point start = Clock::now();
+        std::this_thread::sleep_for(window);  // the measurement window, not synchronisation
+        return (runnable_seconds(server.pid()) - before) / (to_ms(Clock::now() - start) / 1000.0);
+    };
+    const bool spins_anyway = runnable_share(300ms) > 0.5;  // chapter 05 never sleeps, with or without clients
+    // Not one descriptor to spare, from before the first client: a server that
+    // only then looked for a reserve descriptor would find none. (The limit
+    // caps descriptor numbers, and a new one takes the lowest free number.)
+    const int lowest_free = lowest_free_fd(server.pid());
+    REQUIRE(lowest_free > 2);
+    server.set_fd_limit(static_cast<rlim_t>(lowest_free));
+    std::vector<std::unique_ptr<Client>> clients;
+    for (int i = 0; i < 5; ++i) {
+        clients.push_back(std::make_unique<Client>(server.port()));
+        clients.back()->send(get_request("/", "Connection: close\r\n"));
+    }
+    // Each is taken off the backlog and closed: it sees its connection end
+    // (a response, if a descriptor came free meanwhile, is fine too).
+    for (auto& c : clients) {
+        bool ended = false;
+        try {
+            ended = c->read_response(scaled(10s)).has_value() || c->wait_closed(scaled(10s));
+        } catch (const std::runtime_error&) {
+            ended = true;  // closed before a response
+        }
+        CHECK(ended);
+    }
+    // A listener left readable with accept() failing for ever would keep the
+    // server on a CPU; shed, there is nothing left to do.
+    const double share = runnable_share(700ms);
+    INFO("runnable share while out of descriptors: " << share);
+    if (!spins_anyway) CHECK(share < 0.05);
     server.set_fd_limit(1024);
     check_still_serving(server);
 }
