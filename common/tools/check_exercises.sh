@@ -22,7 +22,9 @@ for solution in "$@"; do
     echo "!! the solution fails: $build/solutions/$name/test"
     problems=$((problems + 1))
   fi
-  if "$build/exercises/$name/test" "[lab]" >/dev/null 2>&1; then
+  # --abort: one failed check is all this needs to see (the skeleton's
+  # failures mostly wait out deadlines, and waiting for all of them is slow).
+  if "$build/exercises/$name/test" "[lab]" --abort >/dev/null 2>&1; then
     echo "!! the untouched skeleton passes the lab tests: they test nothing"
     problems=$((problems + 1))
   else
