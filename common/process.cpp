@@ -21,7 +21,7 @@ namespace common {
 
 using Clock = std::chrono::steady_clock;
 
-ChildProcess::ChildProcess(const std::vector<std::string>& argv, bool keep_stderr) {
+ChildProcess::ChildProcess(const std::vector<std::string>& argv, Stderr err) {
     int pipe_fds[2];
     if (::pipe2(pipe_fds, O_CLOEXEC) != 0) throw_errno("pipe2");
     UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);
@@ -36,7 +36,9 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, bool keep_stder
     if (pid_ < 0) throw_errno("fork for " + argv.at(0));
     if (pid_ == 0) {  // only async-signal-safe calls until exec
         ::dup2(write_end.get(), STDOUT_FILENO);
-        if (!keep_stderr) ::dup2(null.get(), STDERR_FILENO);
+        if (err.kind == Stderr::discard) ::dup2(null.get(), STDERR_FILENO);
+        if (err.kind == Stderr::to_fd) ::dup2(err.fd, STDERR_FILENO);
+        ::signal(SIGPIPE, SIG_DFL);
         ::execv(raw[0], raw.data());
         _exit(127);
     }
@@ -114,6 +116,18 @@ int ChildProcess::finish(std::string& out, std::chrono::milliseconds timeout) {
     return reap(std::max(left, std::chrono::milliseconds(0)));
 }
 
+std::optional<int> ChildProcess::exit_status() {
+    if (!reaped_) {
+        int status = 0;
+        const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+        if (r == 0) return std::nullopt;
+        if (r < 0 && errno != ECHILD) throw_errno("waitpid " + std::to_string(pid_));
+        reaped_ = true;
+        status_ = status;
+    }
+    return status_;
+}
+
 int ChildProcess::stop(std::chrono::milliseconds timeout) {
     if (reaped_) return status_;
     ::kill(pid_, SIGTERM);
@@ -121,11 +135,11 @@ int ChildProcess::stop(std::chrono::milliseconds timeout) {
 }
 
 StartedServer start_server(const std::string& binary, std::vector<std::string> args,
-                           std::chrono::milliseconds ready_timeout) {
+                           std::chrono::milliseconds ready_timeout, ChildProcess::Stderr err) {
     std::vector<std::string> argv{binary, "--port", "0"};
     argv.insert(argv.end(), args.begin(), args.end());
     StartedServer server;
-    server.process = std::make_unique<ChildProcess>(argv);
+    server.process = std::make_unique<ChildProcess>(argv, err);
     std::optional<std::string> line = server.process->read_line(ready_timeout);
     const std::string prefix = "listening on ";
     unsigned port = 0;
@@ -133,8 +147,15 @@ StartedServer start_server(const std::string& binary, std::vector<std::string> a
         const std::size_t colon = line->rfind(':');
         std::from_chars(line->data() + colon + 1, line->data() + line->size(), port);
     }
-    if (port == 0 || port > 65535)
-        throw std::runtime_error(binary + ": no ready line (\"listening on HOST:PORT\") within the deadline");
+    if (port == 0 || port > 65535) {
+        std::string how = "printed no ready line (\"listening on HOST:PORT\") within the deadline";
+        if (line) how = "printed \"" + *line + "\" instead of a ready line";
+        else if (std::optional<int> status = server.process->at_eof() ? server.process->stop(std::chrono::seconds(1))
+                                                                        : server.process->exit_status())
+            how = WIFEXITED(*status) ? "exited with " + std::to_string(WEXITSTATUS(*status)) + " before it was ready"
+                                     : "was killed by signal " + std::to_string(WTERMSIG(*status)) + " before it was ready";
+        throw std::runtime_error("server " + binary + " " + how);
+    }
     server.port = static_cast<std::uint16_t>(port);
     return server;
 }

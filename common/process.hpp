@@ -15,11 +15,19 @@
 
 namespace common {
 
+// Where a child's stderr goes: /dev/null, ours, or a file we opened.
+struct ChildStderr {
+    enum Kind { discard, inherit, to_fd } kind = discard;
+    int fd = -1;  // for to_fd; dup'ed into the child, still ours to close
+};
+
 class ChildProcess {
 public:
-    // Starts argv[0] with argv; its stdout comes to us through a pipe, its
-    // stderr goes to /dev/null unless keep_stderr.
-    explicit ChildProcess(const std::vector<std::string>& argv, bool keep_stderr = false);
+    using Stderr = ChildStderr;
+    // Starts argv[0] with argv; its stdout comes to us through a pipe. SIGPIPE
+    // is reset to its default in the child, so a program that must survive a
+    // vanished peer has to say so itself (exec keeps an ignored signal ignored).
+    explicit ChildProcess(const std::vector<std::string>& argv, Stderr err = {});
     ChildProcess(const ChildProcess&) = delete;
     ChildProcess& operator=(const ChildProcess&) = delete;
     ~ChildProcess();  // stop(), if still running
@@ -32,6 +40,10 @@ public:
     int finish(std::string& out, std::chrono::milliseconds timeout);
     // SIGTERM; SIGKILL after the timeout. Returns the waitpid status.
     int stop(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+    // The waitpid status once it has exited (reaping it), nullopt while it runs.
+    std::optional<int> exit_status();
+    // True once its stdout has ended (it exited, or closed it).
+    bool at_eof() const { return eof_; }
 
 private:
     bool read_some(std::chrono::milliseconds timeout);  // false on EOF or timeout
@@ -50,8 +62,11 @@ struct StartedServer {
     std::unique_ptr<ChildProcess> process;
     std::uint16_t port = 0;
 };
+// Throws std::runtime_error, saying how the server ended if it did, when no
+// ready line comes within ready_timeout.
 StartedServer start_server(const std::string& binary, std::vector<std::string> args,
-                           std::chrono::milliseconds ready_timeout = std::chrono::seconds(10));
+                           std::chrono::milliseconds ready_timeout = std::chrono::seconds(10),
+                           ChildProcess::Stderr err = {});
 
 // GET target from 127.0.0.1:port with a deadline; the body, or nullopt.
 std::optional<std::string> http_get(std::uint16_t port, const std::string& target,

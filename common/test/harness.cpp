@@ -78,117 +78,47 @@ ServerProcess::ServerProcess(std::vector<std::string> args, std::string binary) 
     common::UniqueFd log_fd(::mkostemp(log_template, O_CLOEXEC));
     if (!log_fd) fail_errno("mkostemp /tmp/server-log-XXXXXX");
     log_path_ = log_template;
-
-    int out[2];
-    if (::pipe2(out, O_CLOEXEC) != 0) fail_errno("pipe2");
-    common::UniqueFd out_read(out[0]), out_write(out[1]);
-
-    std::vector<std::string> argv_strings{binary, "--port", "0"};
-    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& s : argv_strings) argv.push_back(s.data());
-    argv.push_back(nullptr);
-
     // A server that outlives the 2 s stop grace period leaves with _exit(0),
     // abandoning its threads on purpose; ThreadSanitizer would call that a
     // thread leak. (Only the runtime of a TSan build reads this variable.)
     ::setenv("TSAN_OPTIONS", "report_thread_leaks=0", 0);
-
-    pid_ = ::fork();
-    if (pid_ < 0) fail_errno("fork");
-    if (pid_ == 0) {
-        // Child: only async-signal-safe calls until exec.
-        ::dup2(out_write.get(), STDOUT_FILENO);
-        ::dup2(log_fd.get(), STDERR_FILENO);
-        signal(SIGPIPE, SIG_DFL);  // the server must install its own handling
-        ::execv(argv[0], argv.data());
-        _exit(127);
+    try {
+        common::StartedServer started =
+            common::start_server(binary, std::move(args), std::chrono::duration_cast<std::chrono::milliseconds>(scaled(10s)),
+                                 {common::ChildProcess::Stderr::to_fd, log_fd.get()});
+        process_ = std::move(started.process);
+        port_ = started.port;
+    } catch (const std::runtime_error& e) {
+        const std::string text = log();
+        ::unlink(log_path_.c_str());
+        throw std::runtime_error(std::string(e.what()) + "; log:\n" + text);
     }
-    out_write.reset();
-
-    // Wait for "listening on HOST:PORT\n".
-    std::string line;
-    const Clock::time_point deadline = Clock::now() + scaled(10s);
-    while (line.find('\n') == std::string::npos) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-        pollfd p{out_read.get(), POLLIN, 0};
-        int ready = left > 0 ? ::poll(&p, 1, static_cast<int>(left)) : 0;
-        if (ready < 0 && errno == EINTR) continue;
-        if (ready <= 0) {
-            stop(2s);
-            throw std::runtime_error("server " + binary + " printed no ready line within the deadline; log:\n" + log());
-        }
-        char buf[256];
-        ssize_t n = ::read(out_read.get(), buf, sizeof buf);
-        if (n <= 0) {
-            int status = 0;
-            ::waitpid(pid_, &status, 0);
-            reaped_ = true;
-            throw std::runtime_error("server " + binary + " " + describe_status(status) +
-                                     " before it was ready; log:\n" + log());
-        }
-        line.append(buf, static_cast<std::size_t>(n));
-    }
-    const std::string prefix = "listening on ";
-    std::size_t colon = line.rfind(':');
-    unsigned port = 0;
-    if (line.compare(0, prefix.size(), prefix) == 0 && colon != std::string::npos)
-        std::from_chars(line.data() + colon + 1, line.data() + line.size(), port);
-    if (port == 0 || port > 65535) {
-        stop(2s);  // no destructor runs for a constructor that throws: stop it here
-        throw std::runtime_error("unexpected ready line: " + line);
-    }
-    port_ = static_cast<std::uint16_t>(port);
+    pid_ = process_->pid();
 }
 
 bool ServerProcess::running() {
-    if (reaped_) return false;
-    int status = 0;
-    pid_t r = ::waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-        reaped_ = true;
-        died_on_its_own_ = !stop_requested_;
-        status_ = status;
-        return false;
-    }
-    return true;
+    if (!process_->exit_status()) return true;
+    if (!stop_requested_) died_on_its_own_ = true;
+    return false;
 }
 
 void ServerProcess::send_signal(int signo) {
     if (signo == SIGTERM || signo == SIGINT) stop_requested_ = true;
-    if (!reaped_ && ::kill(pid_, signo) != 0) fail_errno("kill " + std::to_string(pid_));
+    if (running() && ::kill(pid_, signo) != 0) fail_errno("kill " + std::to_string(pid_));
 }
 
 int ServerProcess::stop(Clock::duration deadline, Clock::duration* took) {
     const Clock::time_point start = Clock::now();
-    if (!running()) {
-        if (took) *took = Clock::duration::zero();
-        return status_;
-    }
-    send_signal(SIGTERM);
-    const Clock::time_point until = start + scaled(deadline);
-    int status = 0;
-    for (;;) {
-        pid_t r = ::waitpid(pid_, &status, WNOHANG);
-        if (r == pid_) break;
-        if (Clock::now() >= until) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, &status, 0);
-            break;
-        }
-        std::this_thread::sleep_for(2ms);  // polling a child's exit; the deadline bounds it
-    }
-    reaped_ = true;
-    status_ = status;
+    if (running()) stop_requested_ = true;  // an exit from here on is expected
+    const int status = process_->stop(std::chrono::duration_cast<std::chrono::milliseconds>(scaled(deadline)));
     if (took) *took = Clock::now() - start;
     return status;
 }
 
 ServerProcess::~ServerProcess() {
-    if (pid_ <= 0) return;
     const bool was_running = running();
     const bool died = died_on_its_own_;
-    int status = reaped_ ? status_ : stop();
+    const int status = stop();
     const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (std::uncaught_exceptions() == 0 && (died || !clean)) {
         // Reported here so that no test can pass with a crashed server.

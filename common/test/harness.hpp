@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "fd.hpp"
+#include "process.hpp"
 #include "http_client.hpp"
 #include "proc.hpp"
 
@@ -64,13 +65,12 @@ public:
     void set_fd_limit(rlim_t soft);
 
 private:
+    std::unique_ptr<common::ChildProcess> process_;
     pid_t pid_ = -1;
     std::uint16_t port_ = 0;
     std::string log_path_;
-    bool reaped_ = false;
     bool died_on_its_own_ = false;
     bool stop_requested_ = false;  // by this harness: an exit is expected
-    int status_ = 0;
 };
 
 // "exited with 0", "killed by signal 11 (Segmentation fault)", ...
