@@ -22,11 +22,6 @@ using namespace harness;
 
 namespace {
 
-bool body_matches_pattern(const std::string& body) {
-    for (std::size_t i = 0; i < body.size(); ++i)
-        if (body[i] != http::pattern_byte(i)) return false;
-    return true;
-}
 
 std::string post_echo(const std::string& body, std::string_view extra_headers = "") {
     return "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" +

@@ -144,6 +144,12 @@ void ServerProcess::set_fd_limit(rlim_t soft) {
 
 // ---- clients ----------------------------------------------------------------
 
+bool body_matches_pattern(const std::string& body) {
+    for (std::size_t i = 0; i < body.size(); ++i)
+        if (body[i] != http::pattern_byte(i)) return false;
+    return true;
+}
+
 std::string get_request(std::string_view target, std::string_view extra_headers) {
     std::string r = "GET " + std::string(target) + " HTTP/1.1\r\nHost: test\r\n";
     r += extra_headers;

@@ -115,6 +115,9 @@ private:
     bool eof_ = false;
 };
 
+// True if body is the /bytes pattern (http::pattern_byte) from offset 0.
+bool body_matches_pattern(const std::string& body);
+
 // GET target on a fresh connection with "Connection: close".
 http::ClientResponse get(std::uint16_t port, std::string_view target, Clock::duration timeout = 10s);
 

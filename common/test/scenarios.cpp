@@ -1,5 +1,6 @@
 #include "scenarios.hpp"
 
+#include <exception>
 #include <memory>
 #include <stdexcept>
 #include <thread>
@@ -57,6 +58,36 @@ ActiveCost active_client_cost(ServerProcess& server, int idle, int requests) {
     const double cpu = on_cpu_seconds(server.pid()) - cpu_before;
     std::map<std::string, long long> after = stats(server.port());
     return {1e6 * cpu / requests, after["wakeups"] - before["wakeups"], after["events"] - before["events"]};
+}
+
+PipelinedFlood pipelined_requests_in_one_write(std::uint16_t port, int n) {
+    Client c(port);
+    std::string requests;
+    for (int i = 0; i < n; ++i) requests += get_request("/");
+    const long long wakeups_before = stats(port)["wakeups"];
+    std::exception_ptr send_error;
+    std::thread sender([&] {
+        try {
+            c.send(requests, 30s);
+        } catch (...) {
+            send_error = std::current_exception();
+        }
+    });
+    PipelinedFlood result;
+    try {
+        while (result.answered < n) {
+            std::optional<http::ClientResponse> r = c.read_response(10s);
+            if (!r) break;  // a loop that leaves bytes unread stalls here
+            result.answered += r->status == 200;
+        }
+    } catch (...) {
+        sender.join();
+        throw;
+    }
+    sender.join();
+    if (send_error) std::rethrow_exception(send_error);
+    result.wakeups = stats(port)["wakeups"] - wakeups_before;
+    return result;
 }
 
 double quick_answer_after_slow_request_ms(ServerProcess& server) {

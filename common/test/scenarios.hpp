@@ -41,6 +41,15 @@ struct ActiveCost {
 };
 ActiveCost active_client_cost(ServerProcess& server, int idle, int requests);
 
+// One client sends n pipelined GET / in one write (a second thread writes
+// while this one reads, since the answers fill the socket buffers too).
+// Returns how many 200s came back, and the growth of /stats "wakeups".
+struct PipelinedFlood {
+    int answered = 0;
+    long long wakeups = 0;
+};
+PipelinedFlood pipelined_requests_in_one_write(std::uint16_t port, int n);
+
 // A client sends /sleep?ms=300; once the server sleeps in its handler, a
 // second sends GET /. Returns the ms from the first request to the second
 // answer (>= 300 when a slow handler stalls everyone).

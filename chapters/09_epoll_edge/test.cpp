@@ -1,0 +1,174 @@
+// Chapter 09's own tests: one thread, epoll in edge-triggered mode, an idle
+// timer. The shared behaviour suite is linked in too.
+#include <atomic>
+#include <exception>
+#include <memory>
+#include <thread>
+
+#include "harness.hpp"
+#include "http.hpp"
+#include "scenarios.hpp"
+#include "testing.hpp"
+
+using namespace harness;
+
+TEST_CASE("one thread serves 50 concurrent clients", "[chapter09]") {
+    ServerProcess server;
+    CHECK(concurrent_gets(server.port(), 50, "/").status == std::vector<int>(50, 200));
+    CHECK(own_threads(thread_count(server.pid())) == 1);
+    CHECK(stats_model(server.port()) == "epoll_edge");
+}
+
+TEST_CASE("50 idle clients cost no CPU and no wake-ups", "[chapter09][lesson]") {
+    ServerProcess server;
+    IdleCost cost = idle_cost(server, 50, "wakeups");
+    INFO("CPU share " << cost.cpu_share << "; " << cost.counter_delta << " wake-ups");
+    CHECK(cost.cpu_share < 0.05);
+    CHECK(cost.runnable_share < 0.05);
+    CHECK(cost.counter_delta < 20);  // their idle deadlines are a minute away: no timer fires
+}
+
+TEST_CASE("5,000 idle connections, each with a timer, cost an active client nothing", "[chapter09][lesson]") {
+    constexpr int kIdle = 5000, kRequests = 500;
+    raise_fd_limit(kIdle + 1000);
+    ServerProcess server;
+    server.set_fd_limit(kIdle + 1000);
+    const ActiveCost alone = active_client_cost(server, 0, kRequests);
+    const ActiveCost crowded = active_client_cost(server, kIdle, kRequests);
+    INFO("server CPU per request: " << alone.cpu_us_per_request << " µs alone, " << crowded.cpu_us_per_request
+                                    << " µs beside " << kIdle << " idle connections");
+    // Moving a connection to the back of the idle list is O(1), and only the
+    // front's deadline is looked at.
+    CHECK(crowded.cpu_us_per_request < 4 * alone.cpu_us_per_request + 40);  // generous: a loaded machine thrashes caches
+    CHECK(crowded.events < kRequests + 20);
+}
+
+TEST_CASE("edge-triggered: every report is read until EAGAIN, so no bytes are left behind", "[chapter09][lesson]") {
+    ServerProcess server;
+    // 90 KB in one write: the bytes arrive in a few bursts, each reported once.
+    // A loop that read one 16 KiB buffer per report would wait for ever.
+    PipelinedFlood flood = pipelined_requests_in_one_write(server.port(), 3000);
+    CHECK(flood.answered == 3000);
+}
+
+TEST_CASE("edge-triggered: requests left in the socket behind a paused answer are read when it drains",
+          "[chapter09][lesson]") {
+    ServerProcess server;
+    Client c(server.port());
+    c.set_receive_buffer(64 * 1024);
+    // 600 requests (21 KB) for 4 KiB each (2.4 MiB) in one write. The first
+    // 16 KiB read holds enough requests to fill the output to its high-water
+    // mark, so answering pauses with the rest still in the socket. When the
+    // output has gone, no report comes for bytes that were already there:
+    // the loop itself must go back to reading.
+    constexpr int kRequests = 600;
+    constexpr std::size_t kSize = 4096;
+    std::string requests;
+    for (int i = 0; i < kRequests; ++i) requests += get_request("/bytes?n=" + std::to_string(kSize));
+    REQUIRE(requests.size() > 16 * 1024);
+    c.send(requests);
+    int intact = 0;
+    for (int i = 0; i < kRequests; ++i) {
+        std::optional<http::ClientResponse> r = c.read_response(10s);
+        REQUIRE(r);
+        intact += r->body.size() == kSize && body_matches_pattern(r->body);
+    }
+    CHECK(intact == kRequests);
+}
+
+TEST_CASE("a client that sends without pause cannot keep the loop to itself", "[chapter09][lesson]") {
+    ServerProcess server;
+    // The flood: pipelined requests written as fast as the server takes them,
+    // and the answers read as fast as they come, for a second and a half.
+    Client flood(server.port());
+    std::atomic<bool> done{false};
+    std::exception_ptr flood_error;
+    std::thread writer([&] {
+        const std::string burst = [] {
+            std::string b;
+            for (int i = 0; i < 500; ++i) b += get_request("/");
+            return b;
+        }();
+        try {
+            const Clock::time_point until = Clock::now() + 1500ms;
+            while (Clock::now() < until) flood.send(burst, 10s);
+        } catch (...) {
+            flood_error = std::current_exception();
+        }
+        done = true;
+    });
+    std::thread reader([&] {
+        try {
+            while (!done || flood.unparsed_bytes() > 0)
+                if (!flood.read_response(200ms) && done) break;
+        } catch (...) {
+        }
+    });
+    // Meanwhile another client asks, 5 times.
+    std::this_thread::sleep_for(300ms);  // let the flood get going: the scenario, not synchronisation
+    double worst_ms = 0;
+    for (int i = 0; i < 5; ++i) {
+        const Clock::time_point start = Clock::now();
+        const int status = get(server.port(), "/", 5s).status;
+        worst_ms = std::max(worst_ms, to_ms(Clock::now() - start));
+        CHECK(status == 200);
+    }
+    writer.join();
+    flood.reset();
+    reader.join();
+    if (flood_error) std::rethrow_exception(flood_error);
+    INFO("slowest answer beside the flood: " << worst_ms << " ms");
+    CHECK(worst_ms < to_ms(scaled(500ms)));
+    CHECK(stats(server.port())["turns_deferred"] > 0);  // the flood used up its turn and waited
+}
+
+TEST_CASE("the idle timer closes a silent connection at its deadline", "[chapter09][lesson]") {
+    ServerProcess server({"--idle-timeout", "300"});
+    Client c(server.port());
+    CHECK(c.request(get_request("/")).status == 200);
+    const Clock::time_point last = Clock::now();
+    REQUIRE(c.wait_closed(scaled(5s)));
+    const double after = to_ms(Clock::now() - last);
+    CHECK(after >= 290);
+    CHECK(after < to_ms(scaled(2s)));
+    CHECK(stats(server.port())["idle_closed"] == 1);
+}
+
+TEST_CASE("a client that keeps talking is never closed by the idle timer", "[chapter09][lesson]") {
+    ServerProcess server({"--idle-timeout", "300"});
+    Client c(server.port());
+    for (int i = 0; i < 10; ++i) {  // 1.5 s in all, five times the timeout
+        CHECK(c.request(get_request("/")).status == 200);
+        std::this_thread::sleep_for(150ms);  // the pause is the scenario
+    }
+    CHECK(stats(server.port())["idle_closed"] == 0);
+}
+
+TEST_CASE("a request left unfinished gets 408 when its connection times out", "[chapter09][lesson]") {
+    ServerProcess server({"--idle-timeout", "300"});
+    Client c(server.port());
+    c.send("GET / HTTP/1.1\r\nHo");
+    std::optional<http::ClientResponse> r = c.read_response(scaled(5s));
+    REQUIRE(r);
+    CHECK(r->status == 408);
+    CHECK(c.wait_closed(5s));
+}
+
+TEST_CASE("50 connections expiring together cost a few wake-ups, not a spin", "[chapter09][lesson]") {
+    ServerProcess server({"--idle-timeout", "500"});
+    const long long before = stats(server.port())["wakeups"];
+    std::vector<std::unique_ptr<Client>> clients;
+    for (int i = 0; i < 50; ++i) clients.push_back(std::make_unique<Client>(server.port()));
+    int closed = 0;
+    for (auto& c : clients) closed += c->wait_closed(scaled(5s));
+    CHECK(closed == 50);
+    auto s = stats(server.port());
+    CHECK(s["idle_closed"] == 50);
+    INFO(s["wakeups"] - before << " wake-ups");
+    CHECK(s["wakeups"] - before < 60);  // accepts and deadlines; a timeout rounded down to 0 ms would spin
+}
+
+TEST_CASE("a slow handler stalls everyone: handlers still run in the loop", "[chapter09][lesson]") {
+    ServerProcess server;
+    CHECK(quick_answer_after_slow_request_ms(server) >= 300);
+}
