@@ -188,11 +188,13 @@ struct IdleTimer {
         const auto left = order.front()->last_activity + timeout - SteadyClock::now();
         return static_cast<int>(std::max<long long>(0, std::chrono::ceil<std::chrono::milliseconds>(left).count()));
     }
-    // The connections whose deadline has passed, oldest first.
+    // The connections whose deadline had passed at `now`, oldest first. Pass
+    // the time epoll_wait returned, not the time after the round: a handler
+    // that ran long must not expire a client whose bytes arrived meanwhile
+    // and have not been looked at yet.
     template <typename F>
-    void expire(F&& close) {
+    void expire(SteadyClock::time_point now, F&& close) {
         if (timeout.count() == 0) return;
-        const SteadyClock::time_point now = SteadyClock::now();
         while (!order.empty() && order.front()->last_activity + timeout <= now) close(*order.front());
     }
 };
@@ -247,7 +249,7 @@ int main(int argc, char** argv) {
     long idle_timeout_ms = 60'000;
     const common::ServerConfig config = common::parse_command_line(
         argc, argv, "Chapter 09: one thread, epoll(7) edge-triggered, an idle timer.",
-        {{"--idle-timeout", "MS", "close a connection after MS ms without a byte in or out, 0 = never (default 60000)",
+        {{"--idle-timeout", "MS", "close a connection after MS ms without a byte in or out, 0 = never",
           &idle_timeout_ms, 0, 3'600'000}});
     try {
         common::install_stop_handlers();
@@ -276,10 +278,12 @@ int main(int argc, char** argv) {
         };
         // Gives a connection its turn, and keeps its place in line if it has more to do.
         // (A report means the socket changed: bytes came, or room opened because
-        // the client read. Either way it is not idle.)
+        // the client read. Either way it is not idle; nor is it after its turn,
+        // which may have sent it an answer a slow handler took long to make.)
         auto serve = [&](Connection& c) {
             timer.touch(c);
             const Turn turn = drive(c, stats);
+            if (c.state != State::closed) timer.touch(c);
             if (turn == Turn::more_to_do && !c.waiting_for_turn) {
                 c.waiting_for_turn = true;
                 ready_list.push_back(&c);
@@ -310,6 +314,7 @@ int main(int argc, char** argv) {
             const int wait_ms = ready_list.empty() ? timer.wait_ms() : 0;
             const int ready = ::epoll_wait(epoll.get(), events.data(), static_cast<int>(events.size()), wait_ms);
             // ANCHOR_END: wait
+            const SteadyClock::time_point woke = SteadyClock::now();
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
@@ -337,7 +342,7 @@ int main(int argc, char** argv) {
             }
             // ANCHOR_END: dispatch
             // ANCHOR: expire
-            timer.expire([&](Connection& c) {
+            timer.expire(woke, [&](Connection& c) {
                 counters.idle_closed.fetch_add(1, std::memory_order_relaxed);
                 close_idle(c);
                 forget(c);

@@ -56,7 +56,7 @@ TEST_CASE("edge-triggered: requests left in the socket behind a paused answer ar
     ServerProcess server;
     Client c(server.port());
     c.set_receive_buffer(64 * 1024);
-    // 600 requests (21 KB) for 4 KiB each (2.4 MiB) in one write. The first
+    // 600 requests (25 KB) for 4 KiB each (2.4 MiB) in one write. The first
     // 16 KiB read holds enough requests to fill the output to its high-water
     // mark, so answering pauses with the rest still in the socket. When the
     // output has gone, no report comes for bytes that were already there:
@@ -166,6 +166,23 @@ TEST_CASE("50 connections expiring together cost a few wake-ups, not a spin", "[
     CHECK(s["idle_closed"] == 50);
     INFO(s["wakeups"] - before << " wake-ups");
     CHECK(s["wakeups"] - before < 60);  // accepts and deadlines; a timeout rounded down to 0 ms would spin
+}
+
+TEST_CASE("a slow handler does not make the idle timer close clients that spoke meanwhile", "[chapter09][lesson]") {
+    ServerProcess server({"--idle-timeout", "300"});
+    Client quiet(server.port());  // connected, silent for now
+    Client slow(server.port());
+    slow.send(get_request("/sleep?ms=1000"));
+    REQUIRE(eventually([&] { return server_has_read_all(slow, server.port()) && sleeping_in_nanosleep(server.pid()); }));
+    // The loop is stuck in the handler for a second, three idle timeouts; the
+    // quiet client's request arrives during it and waits in its socket.
+    quiet.send(get_request("/"));
+    std::optional<http::ClientResponse> answer = quiet.read_response(scaled(5s));
+    REQUIRE(answer);  // not closed unanswered at the end of the slow round
+    CHECK(answer->status == 200);
+    std::optional<http::ClientResponse> slow_answer = slow.read_response(scaled(5s));
+    REQUIRE(slow_answer);
+    CHECK(slow_answer->status == 200);
 }
 
 TEST_CASE("a slow handler stalls everyone: handlers still run in the loop", "[chapter09][lesson]") {
