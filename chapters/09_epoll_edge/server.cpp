@@ -32,6 +32,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "error.hpp"
 #include "fd.hpp"
@@ -206,7 +207,7 @@ void close_idle(Connection& c) {
     if (c.output.empty() && c.parser.buffered() > 0) {
         c.output = http::serialize(http::error_response(408, "no data within the idle timeout"), false);
         c.close_after_output = true;
-        if (flush_output(c) && c.state == State::closed) return;  // the send buffer was empty: it fitted
+        if (flush_output(c)) return;  // the send buffer was empty: it fitted, and flush_output closed
     }
     common::shutdown_and_drain(c.fd.get());
     c.state = State::closed;
@@ -301,10 +302,10 @@ int main(int argc, char** argv) {
                                             ")");
                     listening = false;
                 }
-                std::vector<Connection*> idle;
+                std::vector<Connection*> nothing_to_send;
                 for (auto& [key, c] : connections)
-                    if (c->output.empty()) idle.push_back(key);
-                for (Connection* c : idle) forget(*c);
+                    if (c->output.empty()) nothing_to_send.push_back(key);
+                for (Connection* c : nothing_to_send) forget(*c);
                 if (connections.empty()) break;
             }
             // ANCHOR: wait
