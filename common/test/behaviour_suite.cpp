@@ -328,13 +328,7 @@ TEST_CASE("running out of file descriptors sheds clients, never crashes", "[beha
 
 TEST_CASE("with no descriptor left, waiting clients are shed and the server does not spin", "[behaviour]") {
     ServerProcess server;
-    auto runnable_share = [&](Clock::duration window) {
-        const double before = runnable_seconds(server.pid());
-        const Clock::time_point start = Clock::now();
-        std::this_thread::sleep_for(window);  // the measurement window, not synchronisation
-        return (runnable_seconds(server.pid()) - before) / (to_ms(Clock::now() - start) / 1000.0);
-    };
-    const bool spins_anyway = runnable_share(300ms) > 0.5;  // chapter 05 never sleeps, with or without clients
+    const bool spins_anyway = cpu_shares_over(server.pid(), 300ms).runnable > 0.5;  // chapter 05 never sleeps, with or without clients
     // Not one descriptor to spare, from before the first client: a server that
     // only then looked for a reserve descriptor would find none. (The limit
     // caps descriptor numbers, and a new one takes the lowest free number.)
@@ -359,7 +353,7 @@ TEST_CASE("with no descriptor left, waiting clients are shed and the server does
     }
     // A listener left readable with accept() failing for ever would keep the
     // server on a CPU; shed, there is nothing left to do.
-    const double share = runnable_share(700ms);
+    const double share = cpu_shares_over(server.pid(), 700ms).runnable;
     INFO("runnable share while out of descriptors: " << share);
     if (!spins_anyway) CHECK(share < 0.05);
     server.set_fd_limit(1024);

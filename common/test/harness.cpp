@@ -355,6 +355,15 @@ bool eventually(const std::function<bool()>& cond, Clock::duration timeout) {
     }
 }
 
+CpuShares cpu_shares_over(pid_t pid, Clock::duration window) {
+    const double on_cpu_before = on_cpu_seconds(pid);
+    const double runnable_before = runnable_seconds(pid);
+    const Clock::time_point start = Clock::now();
+    std::this_thread::sleep_for(window);  // the measurement window, not synchronisation
+    const double wall = to_ms(Clock::now() - start) / 1000.0;
+    return {(on_cpu_seconds(pid) - on_cpu_before) / wall, (runnable_seconds(pid) - runnable_before) / wall};
+}
+
 #if defined(__SANITIZE_THREAD__)
 #define HARNESS_TSAN 1
 #elif defined(__has_feature)

@@ -156,6 +156,16 @@ using common::proc::thread_count;
 using common::proc::vm_kib;
 using common::proc::zombie_children;
 
+// What a process tree did with the CPU over a window this thread sleeps
+// through: time on a CPU, and time runnable (on a CPU or waiting in a run
+// queue), each divided by the wall time. A sleeping server has both near 0; a
+// thread that never sleeps has a runnable share of 1 however busy the machine.
+struct CpuShares {
+    double on_cpu = 0;
+    double runnable = 0;
+};
+CpuShares cpu_shares_over(pid_t pid, Clock::duration window);
+
 // Threads the server itself started: ThreadSanitizer's runtime adds one
 // background thread to a process that has started threads. Give it a count
 // read from /proc (thread_count) or from /stats ("threads").

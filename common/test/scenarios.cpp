@@ -31,14 +31,10 @@ IdleCost idle_cost(ServerProcess& server, int idle, const std::string& counter) 
     // Wait until the server has accepted them all (+1: the /stats request itself).
     eventually([&] { return stats(server.port())["connections_open"] >= idle + 1; }, 5s);
     const long long counter_before = stats(server.port())[counter];
-    const double cpu_before = cpu_seconds(server.pid());
-    const double runnable_before = runnable_seconds(server.pid());
-    const Clock::time_point start = Clock::now();
-    std::this_thread::sleep_for(1s);  // the measurement window, not synchronisation
-    const double wall = to_ms(Clock::now() - start) / 1000.0;
+    const CpuShares shares = cpu_shares_over(server.pid(), 1s);
     IdleCost cost;
-    cost.cpu_share = (cpu_seconds(server.pid()) - cpu_before) / wall;
-    cost.runnable_share = (runnable_seconds(server.pid()) - runnable_before) / wall;
+    cost.cpu_share = shares.on_cpu;
+    cost.runnable_share = shares.runnable;
     cost.counter_delta = stats(server.port())[counter] - counter_before;
     return cost;
 }

@@ -81,13 +81,8 @@ TEST_CASE("waiting to accept is no busy loop: the listener leaves the interest l
     REQUIRE(eventually([&] { return accept_queue_length(server.port()) == 1; }, scaled(5s)));
     // /stats is out of reach while full (its connection would wait in the
     // backlog too): /proc tells what the server does meanwhile.
-    const double on_cpu_before = on_cpu_seconds(server.pid());
-    const double runnable_before = runnable_seconds(server.pid());
-    const Clock::time_point start = Clock::now();
-    std::this_thread::sleep_for(1s);  // the measurement window, not synchronisation
-    const double wall = to_ms(Clock::now() - start) / 1000.0;
-    const double cpu_share = (on_cpu_seconds(server.pid()) - on_cpu_before) / wall;
-    const double runnable_share = (runnable_seconds(server.pid()) - runnable_before) / wall;
+    const CpuShares shares = cpu_shares_over(server.pid(), 1s);
+    const double cpu_share = shares.on_cpu, runnable_share = shares.runnable;
     INFO("over 1 s with a client in the backlog: CPU share " << cpu_share << ", runnable share " << runnable_share);
     CHECK(cpu_share < 0.05);       // a listener left ready but unaccepted: about 1
     CHECK(runnable_share < 0.05);  // asleep in epoll_wait, not waiting for a CPU
