@@ -24,6 +24,19 @@ else
 endif
 ALL_CXXFLAGS = -std=c++20 $(WARNINGS) $(CXXFLAGS) $(SANFLAGS) -pthread
 
+# Quiet by default: one short line per file ("CXX chapters/01_blocking/server.cpp").
+# V=1 prints every compiler command in full.
+ifeq ($(V),1)
+  Q :=
+  say = @:
+else
+  Q := @
+  say = @echo "  $(1) $(2)"
+endif
+# How many compilers `make test` (and check-exercises) runs at once; the tests
+# themselves always run one after another. JOBS=1 for a serial build.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
 # ---- Catch2: 2.x (Debian, header only) or 3.x (Ubuntu 24.04, Homebrew: a library)
 CATCH_CFLAGS := $(shell pkg-config --cflags catch2 2>/dev/null)
 hash         := \#
@@ -55,7 +68,7 @@ TESTS      := $(BUILD)/common/test/unit $(foreach u,$(UNITS),$(if $(wildcard $(c
 # and never leave a half-written target behind.
 .SECONDARY:
 .DELETE_ON_ERROR:
-.PHONY: all servers tools tests run test test-run ensure-catch2 diff exercises check-exercises \
+.PHONY: all servers tools tests run test test-build test-run test-repeat ensure-catch2 diff exercises check-exercises \
         check-slides slides-sync help clean bench-loadgen tour
 
 all: servers tools $(if $(HAVE_CATCH),tests,catch2-note)
@@ -69,7 +82,8 @@ catch2-note:
 # ---- compiling and linking
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(@D)
-	$(CXX) $(CPPFLAGS) $(CATCH_CFLAGS) $(ALL_CXXFLAGS) -c $< -o $@
+	$(call say,CXX,$<)
+	$(Q)$(CXX) $(CPPFLAGS) $(CATCH_CFLAGS) $(ALL_CXXFLAGS) -c $< -o $@
 
 # Catch2's own code is compiled here; its warnings (GCC 12 sees false
 # "maybe-uninitialized" ones in std::regex under sanitizers) are not ours to fix.
@@ -77,31 +91,38 @@ $(BUILD)/common/test/catch_main.o: WARNINGS := -Wall
 
 $(COMMON_LIB): $(COMMON_OBJ)
 	@rm -f $@
-	$(AR) rcs $@ $^
+	$(call say,AR,$@)
+	$(Q)$(AR) rcs $@ $^
 
 $(BUILD)/%/server: $(BUILD)/%/server.o $(COMMON_LIB)
-	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
+	$(call say,LINK,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tools/%: $(BUILD)/common/tools/%.o $(COMMON_LIB)
 	@mkdir -p $(@D)
-	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
+	$(call say,LINK,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tools/loadgen: $(BUILD)/common/loadgen.o $(COMMON_LIB)
 	@mkdir -p $(@D)
-	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
+	$(call say,LINK,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 # Unit tests of common/ and the tools: no behaviour suite (no server beside them).
 $(BUILD)/common/test/unit: $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard common/test/*_test.cpp)) $(BUILD)/common/test/harness.o $(BUILD)/common/test/catch_main.o $(COMMON_LIB)
-	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(CATCH_LIBS) $(LDLIBS)
+	$(call say,LINK,$@)
+	$(Q)$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(CATCH_LIBS) $(LDLIBS)
 
 # Each unit's test binary: its tests, the shared behaviour suite and harness.
 # The harness finds the server to test beside the test binary.
 define unit_test_rule
 $(BUILD)/$(1)/test.o: $(call test_src,$(1))
 	@mkdir -p $$(@D)
-	$$(CXX) $$(CPPFLAGS) $$(CATCH_CFLAGS) $$(ALL_CXXFLAGS) -c $$< -o $$@
+	$$(call say,CXX,$$<)
+	$$(Q)$$(CXX) $$(CPPFLAGS) $$(CATCH_CFLAGS) $$(ALL_CXXFLAGS) -c $$< -o $$@
 $(BUILD)/$(1)/test: $(BUILD)/$(1)/test.o $(HARNESS_OBJ) $(COMMON_LIB) | $(BUILD)/$(1)/server
-	$$(CXX) $$(ALL_CXXFLAGS) $$(filter %.o %.a,$$^) -o $$@ $$(CATCH_LIBS) $$(LDLIBS)
+	$$(call say,LINK,$$@)
+	$$(Q)$$(CXX) $$(ALL_CXXFLAGS) $$(filter %.o %.a,$$^) -o $$@ $$(CATCH_LIBS) $$(LDLIBS)
 endef
 $(foreach u,$(UNITS),$(if $(wildcard $(call test_src,$(u))),$(eval $(call unit_test_rule,$(u)))))
 
@@ -121,10 +142,21 @@ run: $(BUILD)/$(call chapter_dir,$(CH))/server
 	@$< --port $(PORT)
 
 # ---- testing
-# `make test` installs Catch2 when missing, then runs every test binary (or
-# chapter CH's and its solution's) and ends with "N passed, N failed".
+# `make test` installs Catch2 when missing, builds what it runs with JOBS
+# compilers at once, then runs every test binary (or chapter CH's and its
+# solution's) one after another and ends with "N passed, N failed".
 test: ensure-catch2
+	@$(MAKE) --no-print-directory -j$(JOBS) test-build
 	@$(MAKE) --no-print-directory test-run
+
+# `make test-repeat N=20`: the same selection N times in a row, stopping at
+# the first failing run; LOAD=1 keeps one core busy meanwhile (a busy loop
+# that ends with the runs), to check that no test depends on a quiet machine.
+N    ?= 20
+LOAD ?= 0
+test-repeat: ensure-catch2
+	@$(MAKE) --no-print-directory -j$(JOBS) test-build
+	@common/tools/repeat_tests.sh $(N) $(LOAD) $(TEST_SELECTION)
 
 ensure-catch2:
 	@if [ -z "$(HAVE_CATCH)" ]; then \
@@ -138,7 +170,8 @@ ensure-catch2:
 	fi
 
 TEST_SELECTION = $(if $(filter command line,$(origin CH)),$(filter $(BUILD)/chapters/$(CH)_%/test $(BUILD)/solutions/$(CH)_%/test,$(TESTS)),$(filter-out $(BUILD)/exercises/%,$(TESTS)))
-test-run: $(TEST_SELECTION) servers tools
+test-build: $(TEST_SELECTION) servers tools
+test-run: test-build
 	@common/tools/run_tests.sh $(TEST_SELECTION)
 
 # ---- the lesson between two chapters
@@ -153,7 +186,8 @@ exercises: $(BUILD)/tools/markers
 	  $(BUILD)/tools/markers skeleton $$s/server.cpp > $$e/server.cpp && echo "wrote $$e/server.cpp"; \
 	done
 
-check-exercises: ensure-catch2 $(BUILD)/tools/markers
+check-exercises: ensure-catch2
+	@$(MAKE) --no-print-directory -j$(JOBS) $(BUILD)/tools/markers $(filter $(BUILD)/exercises/% $(BUILD)/solutions/%,$(TESTS))
 	@$(MAKE) --no-print-directory check-exercises-run
 
 .PHONY: check-exercises-run
@@ -185,16 +219,26 @@ clean:
 	rm -rf build
 
 help:
-	@echo "make                      build every server, tool and test into build/"
-	@echo "make run [CH=NN] [PORT=N] run chapter NN's server (default 01 on port 8080)"
-	@echo "make test [CH=NN]         run the tests (all, or chapter NN and its solution)"
-	@echo "make test SAN=address     the same with AddressSanitizer (also undefined, thread)"
-	@echo "make diff A=NN B=MM       what changes between two chapters' servers: the lesson"
-	@echo "make exercises            regenerate the lab skeletons from solutions/"
-	@echo "make check-exercises      skeletons up to date, solutions pass, skeletons fail"
-	@echo "make check-slides         code on slides and in READMEs matches the sources"
-	@echo "make slides-sync          copy the sources' marked code into slides and READMEs"
-	@echo "make tour                 every chapter through the same scenarios: table + SVG charts"
-	@echo "make bench                longer studies: pool sweep, loop throughput, 1k-10k idle connections"
-	@echo "make bench-loadgen        compare loadgen with wrk against the same server"
-	@echo "make clean                remove build/"
+	@echo "Building (into build/; V=1 shows every compiler command, JOBS=N compilers at once)"
+	@echo "  make                      build every server, tool and test"
+	@echo "  make servers              only the servers (chapters, exercises, solutions)"
+	@echo "  make tools                only the tools: build/tools/loadgen, tour, markers"
+	@echo "  make tests                only the test binaries"
+	@echo "Running"
+	@echo "  make run [CH=NN] [PORT=N] run chapter NN's server (default 01 on port 8080)"
+	@echo "  make diff A=NN B=MM       what changes between two chapters' servers: the lesson"
+	@echo "Testing"
+	@echo "  make test [CH=NN]         run the tests (all, or chapter NN and its solution)"
+	@echo "  make test SAN=address     the same with AddressSanitizer (also undefined, thread)"
+	@echo "  make test-repeat [N=20] [LOAD=1] [CH=NN]"
+	@echo "                            the tests N times in a row; LOAD=1 keeps a core busy meanwhile"
+	@echo "Labs, slides and READMEs"
+	@echo "  make exercises            regenerate the lab skeletons from solutions/"
+	@echo "  make check-exercises      skeletons up to date, solutions pass, skeletons fail"
+	@echo "  make check-slides         code on slides and in READMEs matches the sources"
+	@echo "  make slides-sync          copy the sources' marked code into slides and READMEs"
+	@echo "Measuring"
+	@echo "  make tour                 every chapter through the same scenarios: table + SVG charts"
+	@echo "  make bench                longer studies: pool sweep, loop throughput, 1k-10k idle connections"
+	@echo "  make bench-loadgen        compare loadgen with wrk against the same server"
+	@echo "  make clean                remove build/"

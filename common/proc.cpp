@@ -164,25 +164,26 @@ long zombie_children(pid_t pid) {
     return zombies;
 }
 
-bool sleeping_in_nanosleep(pid_t pid) {
+int threads_in_nanosleep(pid_t pid) {
+    int count = 0;
     for (pid_t p : process_tree(pid)) {
         const std::string tasks = "/proc/" + std::to_string(p) + "/task";
         DIR* dir = ::opendir(tasks.c_str());
         if (!dir) continue;
-        bool found = false;
         while (dirent* e = ::readdir(dir)) {
             if (e->d_name[0] == '.') continue;
             std::string text = read_file(tasks + "/" + e->d_name + "/syscall");
             long nr = std::strtol(text.c_str(), nullptr, 10);
 #ifdef SYS_nanosleep
-            if (nr == SYS_nanosleep) found = true;
+            if (nr == SYS_nanosleep) ++count;
 #endif
-            if (nr == SYS_clock_nanosleep) found = true;
+            if (nr == SYS_clock_nanosleep) ++count;
         }
         ::closedir(dir);
-        if (found) return true;
     }
-    return false;
+    return count;
 }
+
+bool sleeping_in_nanosleep(pid_t pid) { return threads_in_nanosleep(pid) > 0; }
 
 }  // namespace common::proc

@@ -32,7 +32,9 @@ long pss_kib(pid_t pid);
 long socket_count(pid_t pid);
 long open_fd_count(pid_t pid);
 long zombie_children(pid_t pid);  // children that exited and were not reaped
-// True if a thread in pid's process tree is blocked in nanosleep (a /sleep handler).
+// How many threads of pid's process tree are blocked in nanosleep right now
+// (each is a /sleep handler), and whether any is.
+int threads_in_nanosleep(pid_t pid);
 bool sleeping_in_nanosleep(pid_t pid);
 
 }  // namespace common::proc

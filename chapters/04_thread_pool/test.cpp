@@ -12,38 +12,46 @@ using namespace harness;
 
 namespace {
 
-// Runs n concurrent GETs of target; returns each one's latency in ms, sorted.
-std::vector<double> sorted_latencies(std::uint16_t port, int n, const std::string& target) {
-    std::vector<int> status(static_cast<std::size_t>(n));
-    std::vector<Clock::duration> each =
-        run_concurrently(n, [&](int i) { status[static_cast<std::size_t>(i)] = get(port, target, 20s).status; });
-    CHECK(status == std::vector<int>(static_cast<std::size_t>(n), 200));
+// Runs n concurrent GETs of target; returns each one's latency in ms, sorted,
+// and the most handlers that slept at once (read from /proc, not the clock).
+struct Wave {
     std::vector<double> ms;
-    for (Clock::duration d : each) ms.push_back(to_ms(d));
-    std::sort(ms.begin(), ms.end());
-    return ms;
+    int most_asleep_at_once = 0;
+};
+Wave sorted_latencies(const ServerProcess& server, int n, const std::string& target) {
+    std::vector<int> status(static_cast<std::size_t>(n));
+    NanosleepPeak peak(server.pid());
+    std::vector<Clock::duration> each = run_concurrently(
+        n, [&](int i) { status[static_cast<std::size_t>(i)] = get(server.port(), target, 20s).status; });
+    Wave wave;
+    wave.most_asleep_at_once = peak.stop();
+    CHECK(status == std::vector<int>(static_cast<std::size_t>(n), 200));
+    for (Clock::duration d : each) wave.ms.push_back(to_ms(d));
+    std::sort(wave.ms.begin(), wave.ms.end());
+    return wave;
 }
 
 }  // namespace
 
 TEST_CASE("K requests on K workers finish in one wave", "[chapter04][lesson]") {
     ServerProcess server({"--workers", "4"});
-    std::vector<double> ms = sorted_latencies(server.port(), 4, "/sleep?ms=400");
-    INFO("slowest " << ms.back() << " ms");
-    CHECK(ms.front() >= 400);
-    CHECK(ms.back() < 750);  // two waves would take 800 ms, serial 1600 ms
+    Wave wave = sorted_latencies(server, 4, "/sleep?ms=400");
+    INFO("slowest " << wave.ms.back() << " ms; at most " << wave.most_asleep_at_once << " asleep at once");
+    CHECK(wave.ms.front() >= 400);
+    CHECK(wave.most_asleep_at_once == 4);  // all four workers slept together: one wave
 }
 
 TEST_CASE("K requests on W workers run in ceil(K/W) waves", "[chapter04][lesson]") {
     ServerProcess server({"--workers", "2"});
-    std::vector<double> ms = sorted_latencies(server.port(), 6, "/sleep?ms=200");
-    for (std::size_t i = 0; i < ms.size(); ++i) {
+    Wave wave = sorted_latencies(server, 6, "/sleep?ms=200");
+    for (std::size_t i = 0; i < wave.ms.size(); ++i) {
         // Lower bounds: never more than two at once, so the (i+1)-th fastest
         // waited for i/2 waves before its own.
-        INFO("request " << i << ": " << ms[i] << " ms");
-        CHECK(ms[i] >= 200.0 * static_cast<double>(i / 2 + 1) - 5);
+        INFO("request " << i << ": " << wave.ms[i] << " ms");
+        CHECK(wave.ms[i] >= 200.0 * static_cast<double>(i / 2 + 1) - 5);
     }
-    CHECK(ms.back() < 1150);  // one at a time would take 1200 ms
+    INFO("at most " << wave.most_asleep_at_once << " asleep at once");
+    CHECK(wave.most_asleep_at_once == 2);  // two at a time: not one after another, never three
 }
 
 TEST_CASE("two silent keep-alive clients starve a pool of two", "[chapter04][lesson]") {

@@ -39,7 +39,9 @@ TEST_CASE("5,000 idle connections cost an active client nothing: work per reques
                          << " requests");
     // Chapter 07 pays for every connection on every wake-up (its test asserts
     // at least 3 times as much); epoll's cost does not depend on them.
-    CHECK(crowded.cpu_us_per_request < 4 * alone.cpu_us_per_request + 40);  // generous: a loaded machine thrashes caches
+    // Generous: a loaded machine thrashes caches (92 µs was seen under CI load);
+    // poll (chapter 07) spends 750 µs or more per request here.
+    CHECK(crowded.cpu_us_per_request < 4 * alone.cpu_us_per_request + 150);
     // epoll_wait reported only the active socket: one event per request
     // (+ the /stats requests around the window).
     REQUIRE(crowded.wakeups > 0);

@@ -39,7 +39,9 @@ TEST_CASE("5,000 idle connections, each with a timer, cost an active client noth
                                     << " µs beside " << kIdle << " idle connections");
     // Moving a connection to the back of the idle list is O(1), and only the
     // front's deadline is looked at.
-    CHECK(crowded.cpu_us_per_request < 4 * alone.cpu_us_per_request + 40);  // generous: a loaded machine thrashes caches
+    // Generous: a loaded machine thrashes caches (92 µs was seen under CI load);
+    // poll (chapter 07) spends 750 µs or more per request here.
+    CHECK(crowded.cpu_us_per_request < 4 * alone.cpu_us_per_request + 150);
     CHECK(crowded.events < kRequests + 20);
 }
 
@@ -119,7 +121,38 @@ TEST_CASE("a client that sends without pause cannot keep the loop to itself", "[
     if (flood_error) std::rethrow_exception(flood_error);
     INFO("slowest answer beside the flood: " << worst_ms << " ms");
     CHECK(worst_ms < to_ms(scaled(500ms)));
-    CHECK(stats(server.port())["turns_deferred"] > 0);  // the flood used up its turn and waited
+}
+
+TEST_CASE("a connection with more to read than its turn allows waits on the ready list", "[chapter09][lesson]") {
+    // One recv() per turn, so that any backlog over 16 KiB outlasts a turn.
+    // (With the default of 8, whether a flood has 128 KiB waiting when its
+    // turn starts depends on how the machine schedules the client.)
+    ServerProcess server({"--reads-per-turn", "1"});
+    // Hold the loop in a handler while the backlog builds up in the socket.
+    Client blocker(server.port());
+    blocker.send(get_request("/sleep?ms=" + std::to_string(static_cast<long>(to_ms(scaled(300ms))))));
+    REQUIRE(eventually([&] { return sleeping_in_nanosleep(server.pid()); }));
+    Client backlog(server.port());
+    // 24 KB of requests, padded so that their answers stay small (3 KB): more
+    // than one 16 KiB read, and nothing that could fill a socket buffer.
+    constexpr int kRequests = 24;
+    std::string requests;
+    for (int i = 0; i < kRequests; ++i) requests += get_request("/", "X-Padding: " + std::string(1000, 'x') + "\r\n");
+    REQUIRE(requests.size() > 16 * 1024 + 1024);
+    backlog.send(requests);
+    std::optional<http::ClientResponse> slept = blocker.read_response(scaled(5s));
+    REQUIRE(slept);
+    CHECK(slept->status == 200);
+    int answered = 0;
+    for (int i = 0; i < kRequests; ++i) {
+        std::optional<http::ClientResponse> r = backlog.read_response(scaled(5s));
+        REQUIRE(r);
+        answered += r->status == 200;
+    }
+    CHECK(answered == kRequests);
+    // Its first turn read 16 KiB and stopped with bytes left: a loop without
+    // the turn limit would have read on to EAGAIN and never deferred it.
+    CHECK(stats(server.port())["turns_deferred"] >= 1);
 }
 
 TEST_CASE("the idle timer closes a silent connection at its deadline", "[chapter09][lesson]") {
@@ -156,7 +189,6 @@ TEST_CASE("a request left unfinished gets 408 when its connection times out", "[
 
 TEST_CASE("50 connections expiring together cost a few wake-ups, not a spin", "[chapter09][lesson]") {
     ServerProcess server({"--idle-timeout", "500"});
-    const long long before = stats(server.port())["wakeups"];
     std::vector<std::unique_ptr<Client>> clients;
     for (int i = 0; i < 50; ++i) clients.push_back(std::make_unique<Client>(server.port()));
     int closed = 0;
@@ -164,8 +196,16 @@ TEST_CASE("50 connections expiring together cost a few wake-ups, not a spin", "[
     CHECK(closed == 50);
     auto s = stats(server.port());
     CHECK(s["idle_closed"] == 50);
-    INFO(s["wakeups"] - before << " wake-ups");
-    CHECK(s["wakeups"] - before < 60);  // accepts and deadlines; a timeout rounded down to 0 ms would spin
+    // Each time epoll_wait wakes for the timer, the front's deadline has come
+    // (its timeout is rounded up), so each such wake-up closes one connection
+    // or more: 50 at the most, fewer when deadlines fall in the same
+    // millisecond. A timeout rounded down wakes before the deadline and then
+    // spins with a timeout of 0 until it comes: hundreds of wake-ups.
+    // (Counting every wake-up instead would also count the accepts, which
+    // batch differently from run to run.)
+    INFO(s["timer_wakeups"] << " timer wake-ups for 50 expiries");
+    CHECK(s["timer_wakeups"] >= 1);
+    CHECK(s["timer_wakeups"] <= 50);
 }
 
 TEST_CASE("a slow handler does not make the idle timer close clients that spoke meanwhile", "[chapter09][lesson]") {

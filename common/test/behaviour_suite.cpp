@@ -328,7 +328,12 @@ TEST_CASE("running out of file descriptors sheds clients, never crashes", "[beha
 
 TEST_CASE("with no descriptor left, waiting clients are shed and the server does not spin", "[behaviour]") {
     ServerProcess server;
-    const bool spins_anyway = cpu_shares_over(server.pid(), 300ms).runnable > 0.5;  // chapter 05 never sleeps, with or without clients
+    // A spinning thread is runnable all the time (share about 1, however busy
+    // the machine); a sleeping loop about 0. Chapter 05 spins with or without
+    // clients, so there is nothing to judge. (Lab 05's loop naps 1 ms at a
+    // time: on a busy machine each wake-up waits for a CPU, which shows as a
+    // few per cent, so the limits sit midway, not near 0.)
+    const bool spins_anyway = cpu_shares_over(server.pid(), 300ms).runnable > 0.5;
     // Not one descriptor to spare, from before the first client: a server that
     // only then looked for a reserve descriptor would find none. (The limit
     // caps descriptor numbers, and a new one takes the lowest free number.)
@@ -355,7 +360,7 @@ TEST_CASE("with no descriptor left, waiting clients are shed and the server does
     // server on a CPU; shed, there is nothing left to do.
     const double share = cpu_shares_over(server.pid(), 700ms).runnable;
     INFO("runnable share while out of descriptors: " << share);
-    if (!spins_anyway) CHECK(share < 0.05);
+    if (!spins_anyway) CHECK(share < 0.5);  // spinning on accept's EMFILE: about 1
     server.set_fd_limit(1024);
     check_still_serving(server);
 }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <condition_variable>
@@ -353,6 +354,32 @@ bool eventually(const std::function<bool()>& cond, Clock::duration timeout) {
         if (Clock::now() >= deadline) return false;
         std::this_thread::sleep_for(5ms);  // polling interval, not synchronisation
     }
+}
+
+struct NanosleepPeak::State {
+    pid_t pid;
+    std::atomic<bool> done{false};
+    std::atomic<int> peak{0};
+    std::thread sampler;
+};
+
+NanosleepPeak::NanosleepPeak(pid_t pid) : state_(std::make_unique<State>()) {
+    state_->pid = pid;
+    state_->sampler = std::thread([s = state_.get()] {
+        while (!s->done.load()) {
+            const int now = threads_in_nanosleep(s->pid);
+            if (now > s->peak.load()) s->peak.store(now);
+            std::this_thread::sleep_for(2ms);
+        }
+    });
+}
+
+NanosleepPeak::~NanosleepPeak() { stop(); }
+
+int NanosleepPeak::stop() {
+    state_->done = true;
+    if (state_->sampler.joinable()) state_->sampler.join();
+    return state_->peak.load();
 }
 
 CpuShares cpu_shares_over(pid_t pid, Clock::duration window) {

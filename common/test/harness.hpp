@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -152,6 +153,7 @@ using common::proc::process_tree;
 using common::proc::rss_kib;
 using common::proc::runnable_seconds;
 using common::proc::sleeping_in_nanosleep;
+using common::proc::threads_in_nanosleep;
 using common::proc::thread_count;
 using common::proc::vm_kib;
 using common::proc::zombie_children;
@@ -160,6 +162,22 @@ using common::proc::zombie_children;
 // through: time on a CPU, and time runnable (on a CPU or waiting in a run
 // queue), each divided by the wall time. A sleeping server has both near 0; a
 // thread that never sleeps has a runnable share of 1 however busy the machine.
+// Counts, while it lives, the most threads of pid's process tree that were
+// asleep in nanosleep at the same moment (sampled every 2 ms): how many
+// /sleep handlers really ran at once, read from the kernel rather than
+// inferred from the clock.
+class NanosleepPeak {
+public:
+    explicit NanosleepPeak(pid_t pid);
+    ~NanosleepPeak();
+    NanosleepPeak(const NanosleepPeak&) = delete;
+    NanosleepPeak& operator=(const NanosleepPeak&) = delete;
+    int stop();  // ends the sampling; returns the peak
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
 struct CpuShares {
     double on_cpu = 0;
     double runnable = 0;

@@ -25,6 +25,13 @@ Batch concurrent_gets(std::uint16_t port, int n, const std::string& target) {
     return batch;
 }
 
+Batch concurrent_gets(const ServerProcess& server, int n, const std::string& target) {
+    NanosleepPeak peak(server.pid());
+    Batch batch = concurrent_gets(server.port(), n, target);
+    batch.most_asleep_at_once = peak.stop();
+    return batch;
+}
+
 IdleCost idle_cost(ServerProcess& server, int idle, const std::string& counter) {
     std::vector<std::unique_ptr<Client>> clients;
     for (int i = 0; i < idle; ++i) clients.push_back(std::make_unique<Client>(server.port()));

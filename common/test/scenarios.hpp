@@ -14,12 +14,15 @@ namespace harness {
 std::optional<http::ClientResponse> response_beside_silent_client(std::uint16_t port, Clock::duration wait);
 
 // n clients GET target at once. Returns the status of each and the wall time
-// of the whole batch (ms).
+// of the whole batch (ms); given the server's pid, also the most threads of
+// the server that slept in nanosleep at once (how many /sleep ran together).
 struct Batch {
     std::vector<int> status;
     double total_ms = 0;
+    int most_asleep_at_once = 0;
 };
 Batch concurrent_gets(std::uint16_t port, int n, const std::string& target);
+Batch concurrent_gets(const ServerProcess& server, int n, const std::string& target);
 
 // Holds `idle` silent connections and measures the server over a one-second
 // window: CPU seconds per wall second, and the growth of a /stats counter.

@@ -4,6 +4,8 @@
 
 #if __has_include(<catch2/catch_all.hpp>)
 #include <catch2/catch_all.hpp>
+// 2.x declares Approx in the global namespace; 3.x only as Catch::Approx.
+using Catch::Approx;
 #else
 #include <catch2/catch.hpp>
 #endif

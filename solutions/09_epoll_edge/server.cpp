@@ -100,6 +100,7 @@ struct Connection {
 
 struct LoopCounters {
     std::atomic<std::uint64_t>& wakeups;        // epoll_wait() returned
+    std::atomic<std::uint64_t>& timer_wakeups;  // ...with no event, because the first idle deadline came
     std::atomic<std::uint64_t>& events;         // ready sockets it reported, in all
     std::atomic<std::uint64_t>& idle_closed;    // connections the idle timer closed
     std::atomic<std::uint64_t>& turns_deferred; // a connection used its turn up and waited for the next round
@@ -238,7 +239,8 @@ void close_late_request(Connection& c) {
 // is a must with edge triggering, but a client that sends as fast as we read
 // would then keep the loop to itself: after its turn it waits for the next
 // round, on our own ready list, since epoll will not report it again.
-constexpr int kReadsPerTurn = 8;
+// (--reads-per-turn; set once, before the loop starts.)
+long reads_per_turn = 8;
 
 enum class Turn { blocked, more_to_do };
 
@@ -273,7 +275,7 @@ Turn drive(Connection& c, common::Stats& stats, RequestTimer& requests) {
         // sockets): bytes that arrive later will be reported. It saves a recv()
         // per request.
         if (drained) return Turn::blocked;
-        if (reads++ == kReadsPerTurn) return Turn::more_to_do;
+        if (reads++ == reads_per_turn) return Turn::more_to_do;
         char buffer[16 * 1024];
         ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
         if (n > 0) {
@@ -384,12 +386,14 @@ int main(int argc, char** argv) {
         argc, argv, "Lab 09: epoll(7) edge-triggered, an idle timer and a deadline for every request.",
         {{"--idle-timeout", "MS", "close a connection after MS ms without a byte in or out, 0 = never",
           &idle_timeout_ms, 0, 3'600'000},
+         {"--reads-per-turn", "N", "recv() calls one connection may make before the others get their turn",
+          &reads_per_turn, 1, 1'000'000},
          {"--request-timeout", "MS", "answer 408 when a request is not whole MS ms after its first byte, 0 = never",
           &request_timeout_ms, 0, 3'600'000}});
     try {
         common::install_stop_handlers();
         common::Stats stats("epoll_edge");
-        LoopCounters counters{stats.add_counter("wakeups"), stats.add_counter("events"),
+        LoopCounters counters{stats.add_counter("wakeups"), stats.add_counter("timer_wakeups"), stats.add_counter("events"),
                               stats.add_counter("idle_closed"), stats.add_counter("turns_deferred"),
                               stats.add_counter("request_timeouts")};
         common::UniqueFd listener = common::listen_tcp(config, SOCK_NONBLOCK);
@@ -473,6 +477,8 @@ int main(int argc, char** argv) {
             const int ready = ::epoll_wait(epoll.get(), events.data(), static_cast<int>(events.size()), wait_ms);
             const SteadyClock::time_point woke = SteadyClock::now();
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
+            if (ready == 0 && ready_list.empty() && wait_ms >= 0)
+                counters.timer_wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
                 common::throw_errno("epoll_wait");
