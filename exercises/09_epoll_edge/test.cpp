@@ -54,7 +54,7 @@ TEST_CASE("a stalled request is cut at its request deadline, and waiting for it 
     SECTION("there is no idle timeout") { idle_timeout = "0"; }
     ServerProcess server({"--request-timeout", "400", "--idle-timeout", idle_timeout});
     Client c(server.port());
-    const long long wakeups_before = stats(server.port())["wakeups"];
+    const long long wakeups_before = stats(server.port())["timer_wakeups"];
     const Clock::time_point first_byte = Clock::now();
     c.send("GET / HTTP/1.1\r\nHo");  // ...and nothing more
     std::optional<http::ClientResponse> r = c.read_response(3s);
@@ -181,7 +181,7 @@ TEST_CASE("1,000 stalled requests are all cut at their deadlines, a batch per wa
         clients[i]->send("GET / HTTP/1.1\r\nHo");
     }
     const double send_ms = to_ms(Clock::now() - sent.front());
-    const long long wakeups_before = stats(server.port())["wakeups"];
+    const long long wakeups_before = stats(server.port())["timer_wakeups"];
     int cut = 0;
     double earliest_ms = 1e9;
     for (int i = 0; i < kClients; ++i) {
@@ -192,8 +192,10 @@ TEST_CASE("1,000 stalled requests are all cut at their deadlines, a batch per wa
     }
     const double all_cut_ms = to_ms(Clock::now() - sent.back());
     std::map<std::string, long long> s = stats(server.port());
-    const long long wakeups = s["wakeups"] - wakeups_before;
-    INFO("sent in " << send_ms << " ms; " << wakeups << " wake-ups to cut them; the last answer "
+    // Timer wake-ups only (epoll_wait returned with no event): how the part
+    // requests' arrivals batch into wake-ups depends on how busy the machine is.
+    const long long wakeups = s["timer_wakeups"] - wakeups_before;
+    INFO("sent in " << send_ms << " ms; " << wakeups << " timer wake-ups to cut them; the last answer "
                     << all_cut_ms << " ms after the last request began");
     CHECK(cut == kClients);
     CHECK(s["request_timeouts"] == kClients);
@@ -219,7 +221,7 @@ TEST_CASE("requests pipelined behind a paused answer are whole: they are never c
     std::string requests;
     for (int i = 0; i < kRequests; ++i) requests += get_request("/bytes?n=" + std::to_string(kSize));
     c.send(requests);
-    const long long wakeups_before = stats(server.port())["wakeups"];
+    const long long wakeups_before = stats(server.port())["timer_wakeups"];
     // The client reads nothing for more than three times the request timeout:
     // the scenario, not synchronisation.
     std::this_thread::sleep_for(1s);
