@@ -31,8 +31,9 @@ TEST_CASE("ten concurrent /sleep?ms=300 overlap", "[chapter02][lesson]") {
     CHECK(batch.status == std::vector<int>(10, 200));
     CHECK(batch.total_ms >= 300);
     // Overlap is read from the kernel, not the clock: all ten handlers were
-    // asleep at the same moment (one at a time, it would be one).
-    CHECK(batch.most_asleep_at_once == 10);
+    // asleep at the same moment (one at a time, it would be one). At least:
+    // ThreadSanitizer's runtime has a thread of its own that naps too.
+    CHECK(batch.most_asleep_at_once >= 10);
 }
 
 TEST_CASE("no zombie children remain after 50 connections", "[chapter02]") {

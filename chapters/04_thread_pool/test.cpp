@@ -38,7 +38,9 @@ TEST_CASE("K requests on K workers finish in one wave", "[chapter04][lesson]") {
     Wave wave = sorted_latencies(server, 4, "/sleep?ms=400");
     INFO("slowest " << wave.ms.back() << " ms; at most " << wave.most_asleep_at_once << " asleep at once");
     CHECK(wave.ms.front() >= 400);
-    CHECK(wave.most_asleep_at_once == 4);  // all four workers slept together: one wave
+    // All four workers slept together: one wave. (At least, not exactly:
+    // ThreadSanitizer's runtime has a thread of its own that naps too.)
+    CHECK(wave.most_asleep_at_once >= 4);
 }
 
 TEST_CASE("K requests on W workers run in ceil(K/W) waves", "[chapter04][lesson]") {
@@ -51,7 +53,9 @@ TEST_CASE("K requests on W workers run in ceil(K/W) waves", "[chapter04][lesson]
         CHECK(wave.ms[i] >= 200.0 * static_cast<double>(i / 2 + 1) - 5);
     }
     INFO("at most " << wave.most_asleep_at_once << " asleep at once");
-    CHECK(wave.most_asleep_at_once == 2);  // two at a time: not one after another, never three
+    // Two at a time, not one after another (never three: the lower bounds
+    // above say so; ThreadSanitizer's own napping thread may add one here).
+    CHECK(wave.most_asleep_at_once >= 2);
 }
 
 TEST_CASE("two silent keep-alive clients starve a pool of two", "[chapter04][lesson]") {
