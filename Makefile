@@ -36,6 +36,8 @@ endif
 # How many compilers `make test` (and check-exercises) runs at once; the tests
 # themselves always run one after another. JOBS=1 for a serial build.
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# ...unless make was already given -j (then its jobserver decides).
+parallel = $(if $(findstring -j,$(MAKEFLAGS)),,-j$(JOBS))
 
 # ---- Catch2: 2.x (Debian, header only) or 3.x (Ubuntu 24.04, Homebrew: a library)
 CATCH_CFLAGS := $(shell pkg-config --cflags catch2 2>/dev/null)
@@ -146,7 +148,7 @@ run: $(BUILD)/$(call chapter_dir,$(CH))/server
 # compilers at once, then runs every test binary (or chapter CH's and its
 # solution's) one after another and ends with "N passed, N failed".
 test: ensure-catch2
-	@$(MAKE) --no-print-directory -j$(JOBS) test-build
+	@$(MAKE) --no-print-directory $(parallel) test-build
 	@$(MAKE) --no-print-directory test-run
 
 # `make test-repeat N=20`: the same selection N times in a row, stopping at
@@ -155,7 +157,7 @@ test: ensure-catch2
 N    ?= 20
 LOAD ?= 0
 test-repeat: ensure-catch2
-	@$(MAKE) --no-print-directory -j$(JOBS) test-build
+	@$(MAKE) --no-print-directory $(parallel) test-build
 	@common/tools/repeat_tests.sh $(N) $(LOAD) $(TEST_SELECTION)
 
 ensure-catch2:
@@ -187,7 +189,7 @@ exercises: $(BUILD)/tools/markers
 	done
 
 check-exercises: ensure-catch2
-	@$(MAKE) --no-print-directory -j$(JOBS) $(BUILD)/tools/markers $(filter $(BUILD)/exercises/% $(BUILD)/solutions/%,$(TESTS))
+	@$(MAKE) --no-print-directory $(parallel) $(BUILD)/tools/markers $(filter $(BUILD)/exercises/% $(BUILD)/solutions/%,$(TESTS))
 	@$(MAKE) --no-print-directory check-exercises-run
 
 .PHONY: check-exercises-run
