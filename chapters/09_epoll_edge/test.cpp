@@ -155,6 +155,34 @@ TEST_CASE("a connection with more to read than its turn allows waits on the read
     CHECK(stats(server.port())["turns_deferred"] >= 1);
 }
 
+TEST_CASE("a FIN behind a backlog that outlasts its turn is still read, with no idle timer to clean up",
+          "[chapter09][lesson]") {
+    // One recv() per turn and no idle timer: the connection's later turns come
+    // from the ready list, with no report to say the FIN is there, and nothing
+    // else would ever close it.
+    ServerProcess server({"--reads-per-turn", "1", "--idle-timeout", "0"});
+    Client blocker(server.port());
+    blocker.send(get_request("/sleep?ms=" + std::to_string(static_cast<long>(to_ms(scaled(300ms))))));
+    REQUIRE(eventually([&] { return sleeping_in_nanosleep(server.pid()); }));
+    Client backlog(server.port());
+    constexpr int kRequests = 24;  // 24 KB: more than one 16 KiB read, so more than one turn
+    std::string requests;
+    for (int i = 0; i < kRequests; ++i) requests += get_request("/", "X-Padding: " + std::string(1000, 'x') + "\r\n");
+    backlog.send(requests);
+    backlog.shutdown_write();  // the FIN waits behind the requests
+    std::optional<http::ClientResponse> slept = blocker.read_response(scaled(5s));
+    REQUIRE(slept);
+    int answered = 0;
+    for (int i = 0; i < kRequests; ++i) {
+        std::optional<http::ClientResponse> r = backlog.read_response(scaled(5s));
+        REQUIRE(r);
+        answered += r->status == 200;
+    }
+    CHECK(answered == kRequests);
+    CHECK(backlog.wait_closed(scaled(2s)));
+    CHECK(stats(server.port())["turns_deferred"] >= 1);  // it did wait in line
+}
+
 TEST_CASE("the idle timer closes a silent connection at its deadline", "[chapter09][lesson]") {
     ServerProcess server({"--idle-timeout", "300"});
     Client c(server.port());

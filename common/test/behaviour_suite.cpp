@@ -3,11 +3,15 @@
 // links it, so every model must pass it.
 //
 // The suite talks to one connection at a time (a client is closed before the
-// next one opens), so that it holds for the iterative server of chapter 01 too.
+// next one opens), so that it holds for the iterative server of chapter 01 too;
+// where clients come while another is served, the one being served asks to be
+// closed after its answer.
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -45,6 +49,23 @@ int lowest_free_fd(pid_t pid) {
     int n = 0;
     while (used.count(n)) ++n;
     return n;
+}
+
+// Runs `meanwhile` while the server sleeps in a /sleep handler for another
+// client, then waits for that client's answer. In the event-loop chapters the
+// loop's only thread is in the handler, so whatever the clients of
+// `meanwhile` send (bytes, a FIN, a reset) waits in their sockets and is all
+// there at once when the loop looks: the case where an edge-triggered loop
+// gets a single report for it all. The sleeper asks to be closed after its
+// answer, so that the iterative server moves on to the others.
+void while_a_handler_sleeps(ServerProcess& server, const std::function<void()>& meanwhile) {
+    Client sleeper(server.port());
+    sleeper.send(get_request("/sleep?ms=500", "Connection: close\r\n"));
+    REQUIRE(eventually([&] { return server_has_read_all(sleeper, server.port()) && sleeping_in_nanosleep(server.pid()); }));
+    meanwhile();
+    std::optional<http::ClientResponse> slept = sleeper.read_response(scaled(10s));
+    REQUIRE(slept);
+    CHECK(slept->status == 200);
 }
 
 }  // namespace
@@ -266,6 +287,67 @@ TEST_CASE("a client that resets or leaves before its response harms nobody", "[b
     }
     check_still_serving(server);
     check_still_serving(server);
+}
+
+TEST_CASE("a client that sends its request and then shuts down its side gets the answer, then EOF", "[behaviour]") {
+    ServerProcess server;
+    constexpr int kClients = 5;
+    std::vector<std::unique_ptr<Client>> clients;
+    while_a_handler_sleeps(server, [&] {
+        for (int i = 0; i < kClients; ++i) {
+            clients.push_back(std::make_unique<Client>(server.port()));
+            clients.back()->send(get_request("/"));
+            clients.back()->shutdown_write();  // FIN right behind the request
+        }
+    });
+    // The FIN says no more requests will come: once the answer is out there
+    // is nothing left to wait for. Not an idle timeout's worth, not for ever.
+    int answered = 0, closed = 0;
+    const Clock::time_point deadline = Clock::now() + scaled(2s);
+    for (auto& c : clients) {
+        std::optional<http::ClientResponse> r = c->read_response(std::max<Clock::duration>(deadline - Clock::now(), 0s));
+        answered += r && r->status == 200;
+        closed += c->wait_closed(std::max<Clock::duration>(deadline - Clock::now(), 0s));
+    }
+    CHECK(answered == kClients);
+    CHECK(closed == kClients);
+    check_still_serving(server);
+}
+
+TEST_CASE("clients that reset in the middle of a request are let go at once", "[behaviour]") {
+    ServerProcess server;
+    const long long baseline = stats(server.port())["connections_open"];  // counts the /stats connection itself
+    while_a_handler_sleeps(server, [&] {
+        for (int i = 0; i < 10; ++i) {
+            Client c(server.port());
+            c.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nonly part of it");
+            c.reset();  // RST right behind the bytes
+        }
+    });
+    long long open = -1;
+    CHECK(eventually([&] { return (open = stats(server.port())["connections_open"]) == baseline; }, scaled(1s)));
+    INFO("connections_open " << open << ", baseline " << baseline);
+    CHECK(open == baseline);
+    check_still_serving(server);
+}
+
+TEST_CASE("a request after an urgent (out-of-band) byte is still answered", "[behaviour]") {
+    ServerProcess server;
+    std::unique_ptr<Client> c;
+    while_a_handler_sleeps(server, [&] {
+        c = std::make_unique<Client>(server.port());
+        c->send(post_echo("before"));
+        // The urgent byte is not part of the stream (no SO_OOBINLINE): a
+        // recv() stops short at it, and the next one skips it.
+        c->send_urgent('!');
+        c->send(post_echo("after"));
+    });
+    std::optional<http::ClientResponse> first = c->read_response(scaled(2s));
+    REQUIRE(first);
+    CHECK(first->body == "before");
+    std::optional<http::ClientResponse> second = c->read_response(scaled(2s));
+    REQUIRE(second);
+    CHECK(second->body == "after");  // nor did the urgent byte slip into it
 }
 
 TEST_CASE("a slow reader gets every byte of a large response", "[behaviour]") {

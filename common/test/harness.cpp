@@ -240,6 +240,14 @@ void Client::reset() {
     fd_.reset();
 }
 
+void Client::shutdown_write() {
+    if (::shutdown(fd_.get(), SHUT_WR) != 0) fail_errno("shutdown SHUT_WR");
+}
+
+void Client::send_urgent(char byte) {
+    if (::send(fd_.get(), &byte, 1, MSG_OOB | MSG_NOSIGNAL) != 1) fail_errno("send MSG_OOB");
+}
+
 void Client::set_receive_buffer(int bytes) {
     if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes) != 0) fail_errno("setsockopt SO_RCVBUF");
 }

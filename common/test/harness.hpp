@@ -101,6 +101,11 @@ public:
     std::size_t unparsed_bytes() const { return parser_.buffered(); }
     // Closes with SO_LINGER 0, so the kernel sends RST instead of FIN.
     void reset();
+    // shutdown(SHUT_WR): sends FIN, and can still read the answer.
+    void shutdown_write();
+    // One byte with MSG_OOB: TCP marks it urgent, and a reader without
+    // SO_OOBINLINE finds its recv() cut short at the mark.
+    void send_urgent(char byte);
     void close() { fd_.reset(); }
     void set_receive_buffer(int bytes);
     // The local port of this connection (the server sees it as the peer's port).
