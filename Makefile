@@ -187,9 +187,19 @@ test-run: test-build
 	@common/tools/run_tests.sh $(TEST_SELECTION)
 
 # ---- the lesson between two chapters
+# The ANCHOR marker lines (where slides and READMEs cut code out of the
+# sources) are not part of the lesson, so the diff leaves them out: it
+# compares copies without them, kept under $(BUILD)/diff/ at the sources' own
+# paths so that the diff's header names the real files (and the hunks' line
+# numbers count the lines without markers). git exits 1 when the files differ.
+ANCHOR_LINE := ^[[:space:]]*// ANCHOR(_END)?:
 diff:
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make diff A=07 B=08"; exit 2; }
-	@git --no-pager diff --no-index --color=auto $(call chapter_dir,$(A))/server.cpp $(call chapter_dir,$(B))/server.cpp || true
+	@a=$(call chapter_dir,$(A))/server.cpp; b=$(call chapter_dir,$(B))/server.cpp; \
+	for f in $$a $$b; do test -f $$f || { echo "make diff: no chapter $(A) or $(B) ($$f)"; exit 2; }; done; \
+	rm -rf $(BUILD)/diff; \
+	for f in $$a $$b; do mkdir -p $(BUILD)/diff/$${f%/*} && grep -Ev '$(ANCHOR_LINE)' $$f > $(BUILD)/diff/$$f; done; \
+	cd $(BUILD)/diff && { git --no-pager diff --no-index --color=auto $$a $$b || true; }
 
 # ---- labs: the skeleton is the solution with its LAB blocks cut out
 exercises: $(BUILD)/tools/markers
