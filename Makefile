@@ -9,7 +9,7 @@ CXXFLAGS ?= -O2 -g
 WARNINGS := -Wall -Wextra -Wpedantic -Werror
 # _FORTIFY_SOURCE turns some memory errors into aborts, FD_SET on a descriptor
 # at or above FD_SETSIZE among them (chapter 06 must never do that).
-CPPFLAGS += -Icommon -Icommon/test -MMD -MP -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=2
+CPPFLAGS += -MMD -MP -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=2
 LDLIBS   += -pthread
 
 SAN ?=
@@ -54,11 +54,13 @@ EXERCISES  := $(patsubst %/server.cpp,%,$(sort $(wildcard exercises/[0-9][0-9]_*
 SOLUTIONS  := $(patsubst %/server.cpp,%,$(sort $(wildcard solutions/[0-9][0-9]_*/server.cpp)))
 UNITS      := $(CHAPTERS) $(EXERCISES) $(SOLUTIONS)
 
-COMMON_SRC := $(filter-out common/loadgen.cpp,$(wildcard common/*.cpp))
-COMMON_OBJ := $(COMMON_SRC:%.cpp=$(BUILD)/%.o)
-COMMON_LIB := $(BUILD)/common/libcommon.a
+# common/ has three audiences: what a server is built from (common/server),
+# what the tools and tests are built from besides (common/client), and the
+# tools' and tests' own code (common/tools, common/test).
+SERVER_LIB := $(BUILD)/common/libserver.a
+CLIENT_LIB := $(BUILD)/common/libclient.a
 HARNESS_OBJ := $(BUILD)/common/test/harness.o $(BUILD)/common/test/scenarios.o $(BUILD)/common/test/behaviour_suite.o $(BUILD)/common/test/catch_main.o
-TOOLS      := $(BUILD)/tools/loadgen $(BUILD)/tools/markers $(BUILD)/tools/tour
+TOOLS      := $(patsubst common/tools/%.cpp,$(BUILD)/tools/%,$(sort $(wildcard common/tools/*.cpp)))
 
 SERVERS    := $(UNITS:%=$(BUILD)/%/server)
 # A solution is tested by its exercise's tests (the lab's tests live with the task).
@@ -82,36 +84,44 @@ catch2-note:
 	@echo "note: Catch2 not found, so the tests were not built ('make test' installs it)."
 
 # ---- compiling and linking
+# Where #include "..." looks. A server's code sees common/server only, so it
+# cannot come to depend on a client or test header by accident; everything
+# else (tests, tools, the client library) sees all of common/ and Catch2.
+SERVER_INCLUDES := -Icommon/server
+ALL_INCLUDES     = -Icommon/server -Icommon/client -Icommon/test $(CATCH_CFLAGS)
+INCLUDES         = $(ALL_INCLUDES)
+$(BUILD)/chapters/%/server.o $(BUILD)/exercises/%/server.o $(BUILD)/solutions/%/server.o \
+$(BUILD)/common/server/%.o: INCLUDES = $(SERVER_INCLUDES)
+
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(@D)
 	$(call say,CXX,$<)
-	$(Q)$(CXX) $(CPPFLAGS) $(CATCH_CFLAGS) $(ALL_CXXFLAGS) -c $< -o $@
+	$(Q)$(CXX) $(INCLUDES) $(CPPFLAGS) $(ALL_CXXFLAGS) -c $< -o $@
 
 # Catch2's own code is compiled here; its warnings (GCC 12 sees false
 # "maybe-uninitialized" ones in std::regex under sanitizers) are not ours to fix.
 $(BUILD)/common/test/catch_main.o: WARNINGS := -Wall
 
-$(COMMON_LIB): $(COMMON_OBJ)
+$(SERVER_LIB): $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard common/server/*.cpp))
+$(CLIENT_LIB): $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard common/client/*.cpp))
+$(SERVER_LIB) $(CLIENT_LIB):
 	@rm -f $@
 	$(call say,AR,$@)
 	$(Q)$(AR) rcs $@ $^
 
-$(BUILD)/%/server: $(BUILD)/%/server.o $(COMMON_LIB)
+# A server links libserver.a and nothing else of common/.
+$(BUILD)/%/server: $(BUILD)/%/server.o $(SERVER_LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/tools/%: $(BUILD)/common/tools/%.o $(COMMON_LIB)
-	@mkdir -p $(@D)
-	$(call say,LINK,$@)
-	$(Q)$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
-
-$(BUILD)/tools/loadgen: $(BUILD)/common/loadgen.o $(COMMON_LIB)
+# Tools and tests link libclient.a before libserver.a, which it uses (http.hpp).
+$(BUILD)/tools/%: $(BUILD)/common/tools/%.o $(CLIENT_LIB) $(SERVER_LIB)
 	@mkdir -p $(@D)
 	$(call say,LINK,$@)
 	$(Q)$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 # Unit tests of common/ and the tools: no behaviour suite (no server beside them).
-$(BUILD)/common/test/unit: $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard common/test/*_test.cpp)) $(BUILD)/common/test/harness.o $(BUILD)/common/test/catch_main.o $(COMMON_LIB)
+$(BUILD)/common/test/unit: $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard common/test/*_test.cpp)) $(BUILD)/common/test/harness.o $(BUILD)/common/test/catch_main.o $(CLIENT_LIB) $(SERVER_LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(CATCH_LIBS) $(LDLIBS)
 
@@ -121,8 +131,8 @@ define unit_test_rule
 $(BUILD)/$(1)/test.o: $(call test_src,$(1))
 	@mkdir -p $$(@D)
 	$$(call say,CXX,$$<)
-	$$(Q)$$(CXX) $$(CPPFLAGS) $$(CATCH_CFLAGS) $$(ALL_CXXFLAGS) -c $$< -o $$@
-$(BUILD)/$(1)/test: $(BUILD)/$(1)/test.o $(HARNESS_OBJ) $(COMMON_LIB) | $(BUILD)/$(1)/server
+	$$(Q)$$(CXX) $$(INCLUDES) $$(CPPFLAGS) $$(ALL_CXXFLAGS) -c $$< -o $$@
+$(BUILD)/$(1)/test: $(BUILD)/$(1)/test.o $(HARNESS_OBJ) $(CLIENT_LIB) $(SERVER_LIB) | $(BUILD)/$(1)/server
 	$$(call say,LINK,$$@)
 	$$(Q)$$(CXX) $$(ALL_CXXFLAGS) $$(filter %.o %.a,$$^) -o $$@ $$(CATCH_LIBS) $$(LDLIBS)
 endef
@@ -177,9 +187,19 @@ test-run: test-build
 	@common/tools/run_tests.sh $(TEST_SELECTION)
 
 # ---- the lesson between two chapters
+# The ANCHOR marker lines (where slides and READMEs cut code out of the
+# sources) are not part of the lesson, so the diff leaves them out: it
+# compares copies without them, kept under $(BUILD)/diff/ at the sources' own
+# paths so that the diff's header names the real files (and the hunks' line
+# numbers count the lines without markers). git exits 1 when the files differ.
+ANCHOR_LINE := ^[[:space:]]*// ANCHOR(_END)?:
 diff:
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make diff A=07 B=08"; exit 2; }
-	@git --no-pager diff --no-index --color=auto $(call chapter_dir,$(A))/server.cpp $(call chapter_dir,$(B))/server.cpp || true
+	@a=$(call chapter_dir,$(A))/server.cpp; b=$(call chapter_dir,$(B))/server.cpp; \
+	for f in $$a $$b; do test -f $$f || { echo "make diff: no chapter $(A) or $(B) ($$f)"; exit 2; }; done; \
+	rm -rf $(BUILD)/diff; \
+	for f in $$a $$b; do mkdir -p $(BUILD)/diff/$${f%/*} && grep -Ev '$(ANCHOR_LINE)' $$f > $(BUILD)/diff/$$f; done; \
+	cd $(BUILD)/diff && { git --no-pager diff --no-index --color=auto $$a $$b || true; }
 
 # ---- labs: the skeleton is the solution with its LAB blocks cut out
 exercises: $(BUILD)/tools/markers

@@ -148,7 +148,7 @@ std::vector<Clock::duration> run_concurrently(int n, const std::function<void(in
 // Polls cond every few milliseconds until it holds or the timeout passes.
 bool eventually(const std::function<bool()>& cond, Clock::duration timeout = 5s);
 
-// ---- what /proc says about a process (common/proc.hpp) ------------------------
+// ---- what /proc says about a process (common/client/proc.hpp) -----------------
 
 using common::proc::cpu_seconds;
 using common::proc::on_cpu_seconds;

@@ -1,24 +1,23 @@
 // What every chapter's server shares and no chapter teaches: the command line,
-// the listening socket, stop signals, accept(2) error handling, logging, and
-// a blocking "send everything" helper. The model itself (who calls accept and
-// recv, and when) always stays in the chapter's server.cpp.
+// the listening socket, accept(2) error handling, logging, and a blocking
+// "send everything" helper; the stop signals are in stop.hpp, included here.
+// The model itself (who calls accept and recv, and when) always stays in the
+// chapter's server.cpp.
 #pragma once
 
-#include <pthread.h>
 #include <sys/socket.h>
 
 #include <condition_variable>
-#include <csignal>
 #include <cstdint>
 #include <initializer_list>
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <unordered_set>
 #include <utility>
 
 #include "fd.hpp"
+#include "stop.hpp"
 
 namespace common {
 
@@ -54,21 +53,6 @@ UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags = 0);
 // Prints "listening on HOST:PORT" (the port the kernel actually bound) and flushes,
 // so that a test harness reading our stdout knows we are ready.
 void announce_listening(int listen_fd);
-
-// ---- stopping ---------------------------------------------------------------
-
-// SIGPIPE is ignored (a vanished client must not kill the server).
-// SIGINT and SIGTERM set the stop flag; they are installed without SA_RESTART,
-// so a thread blocked in accept, recv or poll returns with EINTR and can look
-// at the flag. They also start a grace timer: if the server has not finished
-// its in-flight responses within kStopGraceSeconds, it exits 0 anyway.
-// The timer also closes a gap: a signal that arrives after a loop checked
-// stop_requested() but before it blocked in accept() or recv() interrupts
-// nothing. Closing that gap exactly takes pselect, ppoll, epoll_pwait or a
-// signalfd; the chapters that do not use one rely on the timer.
-inline constexpr unsigned kStopGraceSeconds = 2;
-void install_stop_handlers();
-bool stop_requested() noexcept;
 
 // ---- accepting --------------------------------------------------------------
 
@@ -120,26 +104,7 @@ std::string format_address(const sockaddr* address, socklen_t length);
 
 // ---- threaded servers (chapters 03, 04, 10, 11) -------------------------------
 
-// Starts a thread with SIGINT and SIGTERM blocked. The kernel delivers a
-// process-directed signal to any thread that does not block it; this way it
-// reaches the main thread, the one blocked in accept() that must react.
-template <typename F>
-std::thread start_thread_without_stop_signals(F&& body) {
-    sigset_t stop_signals, previous;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, &previous);  // the new thread inherits this mask
-    try {
-        std::thread thread(std::forward<F>(body));
-        pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-        return thread;
-    } catch (...) {
-        pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-        throw;
-    }
-}
-
+// Their threads start with start_thread_without_stop_signals (stop.hpp).
 // The connections that threads are serving right now. A thread blocked in
 // recv() never sees SIGTERM; to stop it, shutdown(fd, SHUT_RD) makes its
 // recv() return 0 (after any bytes already received), as if the client had

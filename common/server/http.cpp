@@ -8,7 +8,7 @@
 #include <optional>
 #include <thread>
 
-#include "server.hpp"
+#include "stop.hpp"
 
 namespace http {
 

@@ -5,13 +5,10 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <signal.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <charconv>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -160,46 +157,6 @@ void announce_listening(int listen_fd) {
     std::printf("listening on %s\n", format_address(reinterpret_cast<sockaddr*>(&address), length).c_str());
     std::fflush(stdout);
 }
-
-// ---- stopping ---------------------------------------------------------------
-
-namespace {
-
-// Written by a signal handler, read by every thread: volatile sig_atomic_t
-// would do for one thread, but across threads it must be a lock-free atomic
-// (which is also safe to touch in a signal handler).
-std::atomic<bool> g_stop{false};
-static_assert(std::atomic<bool>::is_always_lock_free);
-
-void on_stop_signal(int) {
-    if (!g_stop.exchange(true)) alarm(kStopGraceSeconds);  // alarm(2) is async-signal-safe
-}
-
-void on_grace_expired(int) {
-    static const char message[] = "stop: grace period expired, exiting with responses unfinished\n";
-    ssize_t ignored = ::write(STDERR_FILENO, message, sizeof message - 1);
-    (void)ignored;
-    _exit(0);
-}
-
-void install(int signo, void (*handler)(int)) {
-    struct sigaction action{};
-    action.sa_handler = handler;
-    sigemptyset(&action.sa_mask);
-    action.sa_flags = 0;  // no SA_RESTART: blocked calls must return EINTR
-    if (::sigaction(signo, &action, nullptr) != 0) throw_errno("sigaction " + std::string(strsignal(signo)));
-}
-
-}  // namespace
-
-void install_stop_handlers() {
-    install(SIGPIPE, SIG_IGN);
-    install(SIGINT, on_stop_signal);
-    install(SIGTERM, on_stop_signal);
-    install(SIGALRM, on_grace_expired);
-}
-
-bool stop_requested() noexcept { return g_stop.load(); }
 
 // ---- accepting --------------------------------------------------------------
 

@@ -1,0 +1,48 @@
+// How a server learns that it should stop: SIGINT and SIGTERM set a flag that
+// every loop reads, a grace timer bounds the wait for in-flight responses, and
+// threads are started so that the signal reaches the main thread. Split out
+// of server.hpp so that http.cpp can ask stop_requested() without the rest.
+#pragma once
+
+#include <pthread.h>
+
+#include <csignal>
+#include <thread>
+#include <utility>
+
+namespace common {
+
+// SIGPIPE is ignored (a vanished client must not kill the server).
+// SIGINT and SIGTERM set the stop flag; they are installed without SA_RESTART,
+// so a thread blocked in accept, recv or poll returns with EINTR and can look
+// at the flag. They also start a grace timer: if the server has not finished
+// its in-flight responses within kStopGraceSeconds, it exits 0 anyway.
+// The timer also closes a gap: a signal that arrives after a loop checked
+// stop_requested() but before it blocked in accept() or recv() interrupts
+// nothing. Closing that gap exactly takes pselect, ppoll, epoll_pwait or a
+// signalfd; the chapters that do not use one rely on the timer.
+inline constexpr unsigned kStopGraceSeconds = 2;
+void install_stop_handlers();
+bool stop_requested() noexcept;
+
+// Starts a thread with SIGINT and SIGTERM blocked. The kernel delivers a
+// process-directed signal to any thread that does not block it; this way it
+// reaches the main thread, the one blocked in accept() that must react.
+template <typename F>
+std::thread start_thread_without_stop_signals(F&& body) {
+    sigset_t stop_signals, previous;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, &previous);  // the new thread inherits this mask
+    try {
+        std::thread thread(std::forward<F>(body));
+        pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+        return thread;
+    } catch (...) {
+        pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+        throw;
+    }
+}
+
+}  // namespace common
