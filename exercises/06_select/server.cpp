@@ -48,8 +48,8 @@ namespace {
 struct Connection {
     common::UniqueFd fd;
     std::string peer;
-    http::RequestParser parser;
-    std::string output;          // response bytes not yet accepted by the kernel
+    http::RequestParser parser{};
+    std::string output{};        // response bytes not yet accepted by the kernel
     std::size_t output_sent = 0;
     bool close_after_output = false;
     bool closed = false;
@@ -146,7 +146,7 @@ void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection
             continue;
         }
         connections.push_back(std::make_unique<Connection>(Connection{
-            std::move(client.fd), std::move(client.peer), {}, {}, 0, false, false, stats.track_connection()}));
+            .fd = std::move(client.fd), .peer = std::move(client.peer), .counted = stats.track_connection()}));
     }
 }
 
