@@ -417,7 +417,8 @@ Study loop_throughput(const fs::path& build, const fs::path& loadgen, bool quick
     }
     // nginx measured by wrk, when both are installed: a yardstick, not a contest.
     if (have_program("nginx") && have_program("wrk")) {
-        const fs::path dir = out / "nginx";
+        // Absolute: nginx resolves relative paths in its configuration against -p.
+        const fs::path dir = fs::absolute(out / "nginx");
         fs::create_directories(dir / "html");
         {
             std::ofstream(dir / "html" / "index.html") << "Hello from nginx\n";
