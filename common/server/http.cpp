@@ -81,6 +81,15 @@ void RequestParser::consume(std::size_t n) {
     scan_ = 0;
 }
 
+// The head is over the limit. If the request line alone fills it, the target
+// is what is too long: 414 (RFC 9110 section 15.5.15); otherwise the header
+// fields are: 431 (RFC 6585 section 5).
+ParseResult RequestParser::fail_too_large(std::string_view data) {
+    if (data.substr(0, kMaxHeaderBytes).find('\n') == std::string_view::npos)
+        return fail(414, "request line is over 8 KiB");
+    return fail(431, "request header block is over 8 KiB");
+}
+
 ParseResult RequestParser::fail(int status, std::string text) {
     failed_.kind = ParseResult::error;
     failed_.error_status = status;
@@ -119,11 +128,11 @@ ParseResult RequestParser::next() {
         ++i;
     }
     if (head_end == std::string_view::npos) {
-        if (data.size() > kMaxHeaderBytes) return fail(431, "request header block is over 8 KiB");
+        if (data.size() > kMaxHeaderBytes) return fail_too_large(data);
         scan_ = i == std::string_view::npos ? data.size() : i;
         return {};
     }
-    if (head_end > kMaxHeaderBytes) return fail(431, "request header block is over 8 KiB");
+    if (head_end > kMaxHeaderBytes) return fail_too_large(data);
 
     ParseResult head = parse_head(data.substr(0, head_end));
     if (head.kind == ParseResult::error) return head;
@@ -245,6 +254,7 @@ std::string_view reason_phrase(int status) {
         case 405: return "Method Not Allowed";
         case 408: return "Request Timeout";
         case 413: return "Content Too Large";
+        case 414: return "URI Too Long";
         case 431: return "Request Header Fields Too Large";
         case 500: return "Internal Server Error";
         case 501: return "Not Implemented";

@@ -41,7 +41,7 @@ struct ParseResult {
     enum Kind { need_more, complete, error };
     Kind kind = need_more;
     Request request;         // when kind == complete
-    int error_status = 0;    // when kind == error: 400, 413, 431, 501 or 505
+    int error_status = 0;    // when kind == error: 400, 413, 414, 431, 501 or 505
     std::string error_text;  // why, for the response body
 };
 
@@ -59,6 +59,7 @@ public:
 
 private:
     ParseResult fail(int status, std::string text);
+    ParseResult fail_too_large(std::string_view data);
     ParseResult parse_head(std::string_view head);
     ParseResult take_body();
     void consume(std::size_t n);

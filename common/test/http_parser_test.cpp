@@ -139,7 +139,7 @@ TEST_CASE("keep-alive rules", "[parser]") {
     CHECK_FALSE(parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n").requests.at(0).keep_alive);
 }
 
-TEST_CASE("limits: header block 8 KiB, body 1 MiB", "[parser]") {
+TEST_CASE("limits: header block 8 KiB (414 for the request line, 431 for the fields), body 1 MiB", "[parser]") {
     const std::string line = "GET / HTTP/1.1\r\n";
     const std::string end = "\r\n";
     // Exactly 8 KiB of head is fine; one byte more is 431.
@@ -148,9 +148,13 @@ TEST_CASE("limits: header block 8 KiB, body 1 MiB", "[parser]") {
     CHECK(error_of(line + filler + end) == 0);
     std::string over = "X: " + std::string(filler.size() - 4, 'a') + "\r\n";
     CHECK(error_of(line + over + end) == 431);
-    // A head that never ends is cut off once it passes the limit.
-    CHECK(error_of("GET /" + std::string(9000, 'a')) == 431);
+    // A head that never ends is cut off once it passes the limit: 414 when
+    // the request line alone fills it (the target is too long), else 431.
+    CHECK(error_of("GET /" + std::string(9000, 'a')) == 414);
+    CHECK(error_of("GET /" + std::string(9000, 'a') + " HTTP/1.1\r\n\r\n") == 414);
     CHECK(error_of(line + "X: " + std::string(9000, 'a')) == 431);
+    // A request line just under the limit, then headers past it: 431.
+    CHECK(error_of("GET /" + std::string(8000, 'a') + " HTTP/1.1\r\nX: " + std::string(500, 'b') + "\r\n\r\n") == 431);
     // Bodies: 1 MiB is fine, more is 413 before the body arrives.
     CHECK(error_of("POST /echo HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n" + std::string(1048576, 'b')) == 0);
     CHECK(error_of("POST /echo HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n") == 413);
