@@ -303,11 +303,12 @@ TEST_CASE("a client that sends its request and then shuts down its side gets the
     // The FIN says no more requests will come: once the answer is out there
     // is nothing left to wait for. Not an idle timeout's worth, not for ever.
     int answered = 0, closed = 0;
-    const Clock::time_point deadline = Clock::now() + scaled(2s);
+    const Clock::time_point deadline = Clock::now() + scaled(2s);  // one deadline for them all
+    auto left = [&] { return std::max<Clock::duration>(deadline - Clock::now(), 0s); };
     for (auto& c : clients) {
-        std::optional<http::ClientResponse> r = c->read_response(std::max<Clock::duration>(deadline - Clock::now(), 0s));
+        std::optional<http::ClientResponse> r = c->read_response(left());
         answered += r && r->status == 200;
-        closed += c->wait_closed(std::max<Clock::duration>(deadline - Clock::now(), 0s));
+        closed += c->wait_closed(left());
     }
     CHECK(answered == kClients);
     CHECK(closed == kClients);
@@ -325,9 +326,10 @@ TEST_CASE("clients that reset in the middle of a request are let go at once", "[
         }
     });
     long long open = -1;
-    CHECK(eventually([&] { return (open = stats(server.port())["connections_open"]) == baseline; }, scaled(1s)));
+    const bool released =
+        eventually([&] { return (open = stats(server.port())["connections_open"]) == baseline; }, scaled(1s));
     INFO("connections_open " << open << ", baseline " << baseline);
-    CHECK(open == baseline);
+    CHECK(released);
     check_still_serving(server);
 }
 
