@@ -32,10 +32,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats) {
         for (http::ParseResult r = parser.next(); r.kind != http::ParseResult::need_more; r = parser.next()) {
             http::Reply reply = http::respond(r, stats);
             if (!common::send_all(fd, reply.bytes, peer)) return;
-            if (reply.close_after) {
-                common::shutdown_and_drain(fd);
-                return;
-            }
+            if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
         }
         // ANCHOR: blocking_recv
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks until bytes arrive
@@ -75,6 +72,7 @@ int main(int argc, char** argv) {
             if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
             auto counted = stats.track_connection();
             serve_client(client.fd.get(), client.peer, stats);
+            common::linger_close(client.fd.get());  // so that no reset cuts the last response short
             // ANCHOR_END: accept_one
         }  // end of the iteration: `client` goes out of scope and its socket is closed
         // ANCHOR_END: accept_loop

@@ -41,10 +41,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats) {
         for (http::ParseResult r = parser.next(); r.kind != http::ParseResult::need_more; r = parser.next()) {
             http::Reply reply = http::respond(r, stats);
             if (!common::send_all(fd, reply.bytes, peer)) return;
-            if (reply.close_after) {
-                common::shutdown_and_drain(fd);
-                return;
-            }
+            if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
         }
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks this worker
         if (n > 0) {
@@ -126,6 +123,7 @@ void run_worker(ConnectionQueue& queue, common::Stats& stats, PoolCounters& coun
             common::OpenConnections::Entry entry = open.add(client->fd.get());
             common::Stats::ConnectionScope counted = stats.track_connection();
             serve_client(client->fd.get(), client->peer, stats);
+            common::linger_close(client->fd.get(), entry.begin_closing());  // no reset cuts the last response short
             client->fd.reset();
         }
         counters.busy_workers.fetch_sub(1);

@@ -37,6 +37,7 @@ struct Connection {
     std::string output{};        // response bytes not yet accepted by the kernel
     std::size_t output_sent = 0;
     bool close_after_output = false;
+    common::LingeringClose linger{};  // active once the last response is out
     bool closed = false;
     // ANCHOR_END: output_state
     common::Stats::ConnectionScope counted;
@@ -65,6 +66,13 @@ void answer_requests(Connection& c, common::Stats& stats) {
     }
 }
 
+// The last response is out: shut our side down, and read and throw away what
+// the client still sends until it closes too. Closing at once could reset the
+// connection, and the reset would destroy the response on its way.
+void start_lingering(Connection& c) {
+    if (!c.linger.start(c.fd.get())) c.closed = true;  // nothing to wait for
+}
+
 // ANCHOR: flush_output
 // Sends as much pending output as the kernel takes now. Returns true when
 // all of it is gone. EAGAIN: the send buffer is full, try again next round.
@@ -85,10 +93,7 @@ bool flush_output(Connection& c) {
     }
     c.output.clear();
     c.output_sent = 0;
-    if (c.close_after_output) {
-        common::shutdown_and_drain(c.fd.get());
-        c.closed = true;
-    }
+    if (c.close_after_output) start_lingering(c);
     return true;
 }
 // ANCHOR_END: flush_output
@@ -159,8 +164,9 @@ int main(int argc, char** argv) {
             if (!stopping) accept_pending_clients(listener.get(), connections, stats);
             // ANCHOR: round
             for (auto& c : connections) {
-                if (!c->output.empty()) answer_and_send(*c, stats);  // finish a response before reading more
-                else if (stopping) c->closed = true;                 // idle at shutdown: nothing to finish
+                if (c->linger.active()) c->closed = c->linger.discard(c->fd.get());  // until the client closes
+                else if (!c->output.empty()) answer_and_send(*c, stats);  // finish a response before reading more
+                else if (stopping) start_lingering(*c);                   // idle at shutdown: nothing to finish
                 else try_read(*c, stats, counters);
             }
             // ANCHOR_END: round

@@ -18,9 +18,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "error.hpp"
@@ -40,6 +42,7 @@ struct Connection {
     std::string output{};        // response bytes not yet accepted by the kernel
     std::size_t output_sent = 0;
     bool close_after_output = false;
+    common::LingeringClose linger{};  // active once the last response is out
     bool closed = false;
     common::Stats::ConnectionScope counted;
 };
@@ -67,6 +70,13 @@ void answer_requests(Connection& c, common::Stats& stats) {
     }
 }
 
+// The last response is out: shut our side down, and read and throw away what
+// the client still sends until it closes too. Closing at once could reset the
+// connection, and the reset would destroy the response on its way.
+void start_lingering(Connection& c) {
+    if (!c.linger.start(c.fd.get())) c.closed = true;  // nothing to wait for
+}
+
 // ANCHOR: flush_output
 // Sends as much pending output as the kernel takes now. Returns true when
 // all of it is gone. EAGAIN: the send buffer is full, try again next round.
@@ -85,10 +95,7 @@ bool flush_output(Connection& c) {
     }
     c.output.clear();
     c.output_sent = 0;
-    if (c.close_after_output) {
-        common::shutdown_and_drain(c.fd.get());
-        c.closed = true;
-    }
+    if (c.close_after_output) start_lingering(c);
     return true;
 }
 // ANCHOR_END: flush_output
@@ -106,6 +113,10 @@ void answer_and_send(Connection& c, common::Stats& stats) {
 // ANCHOR: read_ready
 // select() said the socket is readable: one recv() will not block.
 void read_ready(Connection& c, common::Stats& stats) {
+    if (c.linger.active()) {
+        c.closed = c.linger.discard(c.fd.get());  // until the client closes
+        return;
+    }
     char buffer[16 * 1024];
     ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
     if (n > 0) {
@@ -119,6 +130,19 @@ void read_ready(Connection& c, common::Stats& stats) {
     }
 }
 // ANCHOR_END: read_ready
+
+// How long the loop may sleep: until the first lingering client's deadline
+// (-1: no deadline), and while stopping no more than common::kStopRecheck.
+int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping) {
+    std::optional<std::chrono::steady_clock::time_point> first;
+    for (const auto& c : connections)
+        if (c->linger.active() && (!first || c->linger.deadline() < *first)) first = c->linger.deadline();
+    long long ms = -1;
+    if (first) ms = std::max<long long>(0, std::chrono::ceil<std::chrono::milliseconds>(
+                                               *first - std::chrono::steady_clock::now()).count());
+    if (stopping && (ms < 0 || ms > common::kStopRecheck.count())) ms = common::kStopRecheck.count();
+    return static_cast<int>(ms);
+}
 
 // ANCHOR: accept
 void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
@@ -162,12 +186,16 @@ int main(int argc, char** argv) {
         // ANCHOR: loop
         for (;;) {
             const bool stopping = common::stop_requested();
-            if (stopping) {  // finish responses in progress; idle clients are done
-                for (auto& c : connections)
-                    if (c->output.empty()) c->closed = true;
-                std::erase_if(connections, [](const auto& c) { return c->closed; });
-                if (connections.empty()) break;
+            // ANCHOR: linger_deadlines
+            // Lingering clients that took too long are closed; at a stop, the
+            // responses in progress finish and idle clients are done.
+            for (auto& c : connections) {
+                if (c->linger.active()) c->closed = c->linger.over(c->fd.get(), std::chrono::steady_clock::now());
+                else if (stopping && c->output.empty()) start_lingering(*c);
             }
+            std::erase_if(connections, [](const auto& c) { return c->closed; });
+            if (stopping && connections.empty()) break;
+            // ANCHOR_END: linger_deadlines
             // Interest: the listener and idle clients to read, clients with
             // output pending to write. select() overwrites the sets, so they
             // are rebuilt on every round.
@@ -188,7 +216,9 @@ int main(int argc, char** argv) {
             // ANCHOR_END: interest_clients
             // ANCHOR_END: interest
             // ANCHOR: select_call
-            const int ready = ::select(max_fd + 1, &readable, &writable, nullptr, nullptr);  // sleeps
+            std::optional<timeval> timeout;  // none: sleep until a socket is ready
+            if (const int ms = wait_ms(connections, stopping); ms >= 0) timeout = timeval{ms / 1000, ms % 1000 * 1000};
+            const int ready = ::select(max_fd + 1, &readable, &writable, nullptr, timeout ? &*timeout : nullptr);
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag

@@ -3,10 +3,14 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -281,15 +285,113 @@ bool send_all(int fd, std::string_view data, std::string_view peer) {
     return true;
 }
 
+// ---- closing: the lingering close -------------------------------------------
+
+namespace {
+
+// The peer's FIN has arrived. recv() returning 0 says so too, except after our
+// own shutdown(SHUT_RD) (chapters 03 and 04 stop their threads that way): then
+// it returns 0 whenever nothing is queued, while the client may still be
+// sending. The TCP state tells the two apart: until the peer's FIN comes, a
+// connection we shut down for writing is in FIN_WAIT1 or FIN_WAIT2.
+bool peer_has_closed(int fd) {
+    tcp_info info{};
+    socklen_t length = sizeof info;
+    if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return true;  // no TCP state: gone
+    return info.tcpi_state != TCP_ESTABLISHED && info.tcpi_state != TCP_FIN_WAIT1 &&
+           info.tcpi_state != TCP_FIN_WAIT2;
+}
+
+enum class Drained {
+    for_now,         // EAGAIN: nothing more has arrived yet
+    finished,        // end of stream, an error, or the byte budget is spent: close now
+    read_side_shut,  // recv() says 0 because of our shutdown(SHUT_RD), not the client
+};
+
+Drained discard_available(int fd, std::size_t& budget) {
+    char sink[16 * 1024];
+    for (;;) {
+        const ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n > 0) {
+            if (static_cast<std::size_t>(n) >= budget) return Drained::finished;  // it will not stop: give up
+            budget -= static_cast<std::size_t>(n);
+            continue;
+        }
+        if (n == 0) return peer_has_closed(fd) ? Drained::finished : Drained::read_side_shut;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return Drained::for_now;
+        return Drained::finished;  // ECONNRESET and the like: nothing left to protect
+    }
+}
+
+}  // namespace
+
+bool nothing_in_flight(int fd) {
+    int unacknowledged = 0, unread = 0;
+    if (::ioctl(fd, SIOCOUTQ, &unacknowledged) != 0 || ::ioctl(fd, SIOCINQ, &unread) != 0)
+        return true;  // not a connected TCP socket (any more): nothing to protect
+    return unacknowledged == 0 && unread == 0;
+}
+
+bool LingeringClose::start(int fd) {
+    // Looked at before our FIN is queued: the FIN itself counts as in flight
+    // until the peer acknowledges it.
+    const bool quiet = stop_requested() && nothing_in_flight(fd);
+    if (::shutdown(fd, SHUT_WR) != 0) return false;  // ENOTCONN: the peer is gone already
+    if (quiet) return false;
+    active_ = true;
+    deadline_ = Clock::now() + kLingerTimeout;
+    budget_ = kLingerMaxBytes;
+    return true;
+}
+
+bool LingeringClose::discard(int fd) {
+    return discard_available(fd, budget_) != Drained::for_now || over(fd, Clock::now());
+}
+
+bool LingeringClose::over(int fd, Clock::time_point now) const {
+    return now >= deadline_ || (stop_requested() && nothing_in_flight(fd));
+}
+
+void linger_close(int fd, bool reading_shut_down) {
+    using Clock = std::chrono::steady_clock;
+    const Clock::time_point deadline = Clock::now() + kLingerTimeout;
+    std::size_t budget = kLingerMaxBytes;
+    if (reading_shut_down) {
+        // No FIN from us, no end of stream to wait for: wait until the client
+        // has acknowledged every byte, discarding what it sends meanwhile.
+        // Nothing says when (an acknowledgement wakes nobody): look every 10 ms.
+        while (Clock::now() < deadline && discard_available(fd, budget) != Drained::finished) {
+            int unacknowledged = 0;
+            if (::ioctl(fd, SIOCOUTQ, &unacknowledged) != 0 || unacknowledged == 0) return;
+            ::poll(nullptr, 0, 10);
+        }
+        return;
+    }
+    const bool quiet = stop_requested() && nothing_in_flight(fd);
+    if (::shutdown(fd, SHUT_WR) != 0 || quiet) return;
+    for (;;) {
+        const Drained drained = discard_available(fd, budget);
+        if (drained != Drained::for_now) return;  // the client closed too (or an error, or too many bytes)
+        const long long left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) return;
+        // A stopping server does not wait for a client that has everything:
+        // no event says so (an acknowledgement wakes nobody), so look again soon.
+        const bool stopping = stop_requested();
+        if (stopping && nothing_in_flight(fd)) return;
+        pollfd readable{fd, POLLIN, 0};
+        const int wait_ms = static_cast<int>(stopping ? std::min<long long>(left, kStopRecheck.count()) : left);
+        if (::poll(&readable, 1, wait_ms) < 0 && errno != EINTR) {
+            log_line("poll fd " + std::to_string(fd) + " (lingering close): " + std::strerror(errno));
+            return;
+        }
+    }
+}
+
 void shutdown_and_drain(int fd) {
     if (::shutdown(fd, SHUT_WR) != 0) return;  // the peer is already gone
-    char sink[16 * 1024];
-    for (int i = 0; i < 64; ++i) {  // at most 1 MiB; more is the client's problem
-        ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
-        if (n > 0) continue;
-        if (n < 0 && errno == EINTR) continue;
-        break;
-    }
+    std::size_t budget = 1024 * 1024;
+    discard_available(fd, budget);
 }
 
 // ---- logging ------------------------------------------------------------------
@@ -311,28 +413,35 @@ void log_client_error(std::string_view call, std::string_view peer, int error) {
 
 OpenConnections::Entry OpenConnections::add(int fd) {
     std::lock_guard lock(mutex_);
-    fds_.insert(fd);
+    const Position position = registered_.insert(registered_.end(), Registration{fd});
     if (stopping_) ::shutdown(fd, SHUT_RD);
-    return Entry(*this, fd);
+    return Entry(*this, position);
 }
 
-void OpenConnections::remove(int fd) {
+bool OpenConnections::Entry::begin_closing() {
+    std::lock_guard lock(owner_->mutex_);
+    position_->closing = true;
+    return owner_->stopping_;  // then shut_down_reading_all (or add) has reached it
+}
+
+void OpenConnections::remove(Position position) {
     std::lock_guard lock(mutex_);
-    fds_.erase(fds_.find(fd));  // this registration only
+    registered_.erase(position);
     // Notified under the lock: the waiter cannot return (and destroy us)
     // before we are done with the mutex.
-    if (fds_.empty()) empty_.notify_all();
+    if (registered_.empty()) empty_.notify_all();
 }
 
 void OpenConnections::shut_down_reading_all() {
     std::lock_guard lock(mutex_);
     stopping_ = true;
-    for (int fd : fds_) ::shutdown(fd, SHUT_RD);  // ENOTCONN if the peer is gone: nothing to wake
+    for (const Registration& r : registered_)
+        if (!r.closing) ::shutdown(r.fd, SHUT_RD);  // ENOTCONN if the peer is gone: nothing to wake
 }
 
 void OpenConnections::wait_until_empty() {
     std::unique_lock lock(mutex_);
-    empty_.wait(lock, [this] { return fds_.empty(); });
+    empty_.wait(lock, [this] { return registered_.empty(); });
 }
 
 }  // namespace common

@@ -7,13 +7,15 @@
 
 #include <sys/socket.h>
 
+#include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <list>
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <unordered_set>
 #include <utility>
 
 #include "fd.hpp"
@@ -87,9 +89,72 @@ Accepted accept_client(int listen_fd, int flags = 0);
 // the send failed (logged, except for the ordinary EPIPE/ECONNRESET).
 bool send_all(int fd, std::string_view data, std::string_view peer);
 
-// Half-closes our side and discards input that has already arrived. Closing a
-// socket with unread input makes the kernel send RST, which can destroy the
-// response we just sent (an error page, say) before the client reads it.
+// ---- closing: the lingering close (RFC 9112 section 9.6) ---------------------
+//
+// close(2) on a socket whose receive queue still holds bytes, or that receives
+// bytes afterwards, makes the kernel answer with a reset (RST); the reset
+// throws away whatever of our response is still queued to be sent, and the
+// client may lose what it received but had not read yet. A client that
+// pipelines, or sends a body we did not read, or simply keeps talking after
+// "Connection: close", would see its response cut short. So a connection ends
+// in two steps: shut down our side for writing (the client then reads our
+// response and then end of stream), read and discard whatever the client
+// still sends until it closes its side too, and only then close. A client
+// that never closes is given kLingerTimeout, and at most kLingerMaxBytes.
+// (Apache httpd waits 2 s; nginx calls this "lingering close".)
+inline constexpr std::chrono::milliseconds kLingerTimeout{2000};
+inline constexpr std::size_t kLingerMaxBytes = 4 * 1024 * 1024;
+
+// A lingering close for a loop that must not block (chapters 05-09): start()
+// it, call discard() whenever the socket is readable, and close the socket
+// when discard() says so or expired() does.
+class LingeringClose {
+public:
+    using Clock = std::chrono::steady_clock;
+
+    // Shuts our side down for writing and starts the clock. Returns false if
+    // there is nothing to wait for: the peer is gone, or the server is
+    // stopping and nothing is in flight either way (see nothing_in_flight).
+    bool start(int fd);
+    // Reads and discards what has arrived, until EAGAIN. True when the socket
+    // may be closed now: the client closed its side, an error, too many bytes,
+    // or over() says so.
+    bool discard(int fd);
+    // True when waiting is over without a word from the client: the deadline
+    // has passed, or the server is stopping and nothing is in flight any more.
+    bool over(int fd, Clock::time_point now) const;
+    bool active() const { return active_; }
+    Clock::time_point deadline() const { return deadline_; }
+
+private:
+    bool active_ = false;
+    Clock::time_point deadline_{};
+    std::size_t budget_ = kLingerMaxBytes;
+};
+
+// While stopping, a loop with lingering connections waits at most this long
+// at a time, to ask over() again: the acknowledgement that makes a connection
+// quiet wakes nobody.
+inline constexpr std::chrono::milliseconds kStopRecheck{50};
+
+// The same for a thread that may block (chapters 01-04): returns when the
+// socket may be closed. EINTR does not end it (a response must not be cut
+// short by a stop); the grace timer bounds a stop anyway. If our reading has
+// been shut down (chapters 03 and 04 wake their threads at a stop that way,
+// see OpenConnections), our side cannot shut down writing as well without
+// the kernel resetting the connection at the client's next byte: then it
+// waits, discarding input, until the client has acknowledged everything.
+void linger_close(int fd, bool reading_shut_down = false);
+
+// True when neither direction has anything in flight: the peer acknowledged
+// every byte we sent, and nothing it sent waits unread. A stopping server
+// closes such a connection at once (an idle keep-alive client, typically):
+// there is nothing a reset could destroy.
+bool nothing_in_flight(int fd);
+
+// Best effort, for a refusal (a 503 from an accepting thread, which must not
+// wait for the client it refuses): shuts our side down and discards what has
+// already arrived, without waiting for more.
 void shutdown_and_drain(int fd);
 
 // ---- logging ------------------------------------------------------------------
@@ -110,19 +175,34 @@ std::string format_address(const sockaddr* address, socklen_t length);
 // recv() return 0 (after any bytes already received), as if the client had
 // closed. Sending is not affected, so responses in progress still complete.
 class OpenConnections {
+    struct Registration {
+        int fd;
+        bool closing = false;  // in its lingering close: not to be woken (see begin_closing)
+    };
+    using Position = std::list<Registration>::iterator;
+
 public:
     class Entry {
     public:
-        Entry(OpenConnections& owner, int fd) : owner_(&owner), fd_(fd) {}
-        Entry(Entry&& other) noexcept : owner_(std::exchange(other.owner_, nullptr)), fd_(other.fd_) {}
+        Entry(OpenConnections& owner, Position position) : owner_(&owner), position_(position) {}
+        Entry(Entry&& other) noexcept
+            : owner_(std::exchange(other.owner_, nullptr)), position_(other.position_) {}
         Entry& operator=(Entry&&) = delete;
         ~Entry() {
-            if (owner_) owner_->remove(fd_);
+            if (owner_) owner_->remove(position_);
         }
+
+        // The connection's last response is out and its thread begins the
+        // lingering close (linger_close): from now on a stop leaves its
+        // reading alone. Returns whether its reading has been shut down
+        // already, which linger_close must be told: shutting down writing
+        // too would make the kernel reset the connection at the client's next
+        // byte (RFC 1122 section 4.2.2.13, which Linux follows).
+        [[nodiscard]] bool begin_closing();
 
     private:
         OpenConnections* owner_;
-        int fd_;
+        Position position_;
     };
 
     // Registers fd until the returned Entry is destroyed: destroy it before
@@ -134,15 +214,15 @@ public:
     void wait_until_empty();
 
 private:
-    void remove(int fd);
+    void remove(Position position);
 
     std::mutex mutex_;
     std::condition_variable empty_;
-    // A multiset: a socket is closed before its Entry goes, so accept() may
-    // hand the same number to a new connection while the old Entry still
-    // exists. Each registration counts on its own; shutdown(fd) reaches the
-    // socket that has the number now.
-    std::unordered_multiset<int> fds_;
+    // One registration each: a socket is closed before its Entry goes, so
+    // accept() may hand the same number to a new connection while the old
+    // Entry still exists. Each registration counts on its own; shutdown(fd)
+    // reaches the socket that has the number now.
+    std::list<Registration> registered_;
     bool stopping_ = false;
 };
 

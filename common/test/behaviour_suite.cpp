@@ -6,10 +6,14 @@
 // next one opens), so that it holds for the iterative server of chapter 01 too;
 // where clients come while another is served, the one being served asks to be
 // closed after its answer.
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -66,6 +70,39 @@ void while_a_handler_sleeps(ServerProcess& server, const std::function<void()>& 
     std::optional<http::ClientResponse> slept = sleeper.read_response(scaled(10s));
     REQUIRE(slept);
     CHECK(slept->status == 200);
+}
+
+// What a client received until the server closed the connection, and
+// whether it ended with a reset (ECONNRESET) rather than an end of stream.
+struct Received {
+    std::string bytes;
+    bool reset = false;
+};
+
+// Reads until the server closes. after_each(bytes so far) runs after every
+// read; it may send. Fails the test if the connection is still open after
+// the timeout (scaled).
+Received read_until_closed(Client& c, Clock::duration timeout, const std::function<void(std::size_t)>& after_each) {
+    Received r;
+    const Clock::time_point deadline = Clock::now() + scaled(timeout);
+    char buffer[64 * 1024];
+    for (;;) {
+        if (Clock::now() >= deadline) FAIL("still open after " << to_ms(scaled(timeout)) << " ms, " << r.bytes.size() << " bytes received");
+        pollfd readable{c.fd(), POLLIN, 0};
+        if (::poll(&readable, 1, 100) < 0 && errno != EINTR) FAIL("poll: " << std::strerror(errno));
+        const ssize_t n = ::recv(c.fd(), buffer, sizeof buffer, MSG_DONTWAIT);
+        if (n > 0) {
+            r.bytes.append(buffer, static_cast<std::size_t>(n));
+            after_each(r.bytes.size());
+        } else if (n == 0) {
+            return r;
+        } else if (errno == ECONNRESET) {
+            r.reset = true;
+            return r;
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            FAIL("recv: " << std::strerror(errno));
+        }
+    }
 }
 
 }  // namespace
@@ -447,6 +484,97 @@ TEST_CASE("with no descriptor left, waiting clients are shed and the server does
     if (!spins_anyway) CHECK(share < 0.5);  // spinning on accept's EMFILE: about 1
     server.set_fd_limit(1024);
     check_still_serving(server);
+}
+
+TEST_CASE("a client that keeps sending after Connection: close still gets its whole response", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    c.set_receive_buffer(64 * 1024);  // most of the response waits in the server's socket, not ours
+    constexpr std::size_t size = 8 * 1024 * 1024;
+    c.send(get_request("/bytes?n=" + std::to_string(size), "Connection: close\r\n"));
+    // While it reads, the client pipelines more requests, as one that does not
+    // look at the headers would. They come too late (the server closes after
+    // this response), but a server that closed its socket with them unread, or
+    // with more still to come, would make its kernel reset the connection and
+    // throw away what of the response it had not sent yet.
+    const std::string more = get_request("/");
+    std::size_t next_request_at = 0;
+    const Received r = read_until_closed(c, 30s, [&](std::size_t so_far) {
+        if (so_far < next_request_at) return;
+        next_request_at += 256 * 1024;
+        // Once the server has gone this fails (EPIPE, ECONNRESET): the reads tell.
+        [[maybe_unused]] ssize_t ignored = ::send(c.fd(), more.data(), more.size(), MSG_NOSIGNAL);
+    });
+    INFO("received " << r.bytes.size() << " bytes");
+    CHECK_FALSE(r.reset);
+    http::ResponseParser parser;
+    parser.feed(r.bytes);
+    http::ClientResponse response;
+    REQUIRE(parser.next(response));
+    CHECK(response.status == 200);
+    CHECK_FALSE(response.keep_alive);
+    CHECK(response.body.size() == size);
+    CHECK(body_matches_pattern(response.body));
+    CHECK(parser.buffered() == 0);  // nothing after it: the late requests were not answered
+    check_still_serving(server);
+}
+
+TEST_CASE("SIGTERM while a client pipelines big requests: every response that started arrives whole", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    c.set_receive_buffer(64 * 1024);
+    // Eight rounds of a 4 MiB download and a 256 KiB upload (2 MiB of requests
+    // in all), written by a thread of their own. The server reads them only as
+    // it gets to them, so when it stops some are unread in its socket and some
+    // still on their way.
+    const std::string upload(256 * 1024, 'u');
+    std::string requests;
+    for (int i = 0; i < 8; ++i) requests += get_request("/bytes?n=4194304") + post_echo(upload);
+    // Joined however the test ends; shutdown() ends a send() that blocks.
+    struct Writer {
+        int fd;
+        std::thread thread;
+        ~Writer() {
+            ::shutdown(fd, SHUT_WR);
+            thread.join();
+        }
+    } writer{c.fd(), std::thread([&] {
+        std::string_view left = requests;
+        while (!left.empty()) {
+            const ssize_t n = ::send(c.fd(), left.data(), left.size(), MSG_NOSIGNAL);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) return;  // the server has closed (or reset) the connection
+            left.remove_prefix(static_cast<std::size_t>(n));
+        }
+    })};
+    bool signalled = false;
+    const Received r = read_until_closed(c, 30s, [&](std::size_t so_far) {
+        if (signalled || so_far < 1024 * 1024) return;
+        server.send_signal(SIGTERM);  // in the middle of the first response
+        signalled = true;
+    });
+    REQUIRE(signalled);
+    INFO("received " << r.bytes.size() << " bytes; server log:\n" << server.log());
+    CHECK_FALSE(r.reset);
+    // Only whole responses, in order. (The last need not say "Connection:
+    // close": a server may stop between two responses.)
+    http::ResponseParser parser;
+    parser.feed(r.bytes);
+    http::ClientResponse response;
+    int whole = 0;
+    bool all_right = true;
+    while (parser.next(response)) {
+        const bool download = whole % 2 == 0;
+        all_right = all_right && response.status == 200 &&
+                    (download ? response.body.size() == 4194304 && body_matches_pattern(response.body)
+                              : response.body == upload);
+        ++whole;
+    }
+    INFO(whole << " whole responses");
+    CHECK(whole >= 1);
+    CHECK(all_right);
+    CHECK(parser.buffered() == 0);  // no response cut short at the end
+    CHECK(describe_status(server.stop(10s)) == "exited with 0");
 }
 
 TEST_CASE("SIGTERM with an idle keep-alive client exits 0 promptly", "[behaviour]") {

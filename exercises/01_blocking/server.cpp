@@ -34,10 +34,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats) {
         for (http::ParseResult r = parser.next(); r.kind != http::ParseResult::need_more; r = parser.next()) {
             http::Reply reply = http::respond(r, stats);
             if (!common::send_all(fd, reply.bytes, peer)) return;
-            if (reply.close_after) {
-                common::shutdown_and_drain(fd);
-                return;
-            }
+            if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
         }
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks until bytes arrive
         if (n > 0) {
@@ -80,6 +77,7 @@ int main(int argc, char** argv) {
             // TODO(lab 01): when --idle-timeout is set (idle_timeout_ms > 0), give
             // recv() on this client a timeout with setsockopt(SO_RCVTIMEO).
             serve_client(client.fd.get(), client.peer, stats);
+            common::linger_close(client.fd.get());  // so that no reset cuts the last response short
         }
         return 0;
     } catch (const std::exception& e) {

@@ -54,10 +54,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats, Request
             requests.shown.store(requests.total.fetch_add(1) + 1);
             http::Reply reply = http::respond(r, stats);
             if (!common::send_all(fd, reply.bytes, peer)) return;
-            if (reply.close_after) {
-                common::shutdown_and_drain(fd);
-                return;
-            }
+            if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
         }
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks until bytes arrive
         if (n > 0) {
@@ -105,6 +102,7 @@ void install_sigchld_handler() {
     // instead of living on as an orphan with an idle client.
     if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent) _exit(0);
     serve_client(client.fd.get(), client.peer, stats, requests);
+    common::linger_close(client.fd.get());  // so that no reset cuts the last response short
     client.fd.reset();
     _exit(0);  // not exit(): the parent's atexit handlers and stdio buffers are not ours to run
 }

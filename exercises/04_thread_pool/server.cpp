@@ -48,15 +48,12 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats,
             // and http::respond answers with "Connection: close" and closes.
             http::Reply reply = http::respond(r, stats);
             if (!common::send_all(fd, reply.bytes, peer)) return;
-            if (reply.close_after) {
-                common::shutdown_and_drain(fd);
-                return;
-            }
+            if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
             // TODO(lab 04): the reply above promised keep-alive, but others may
             // have started waiting while the request ran (a slow /sleep, say).
             // If nothing more from this client is buffered (parser.buffered() == 0)
-            // and others_waiting(), close the connection here
-            // (common::shutdown_and_drain) instead of waiting in recv() below.
+            // and others_waiting(), return here (the caller closes the connection)
+            // instead of waiting in recv() below.
         }
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks this worker
         if (n > 0) {
@@ -142,6 +139,7 @@ void run_worker(ConnectionQueue& queue, common::Stats& stats, PoolCounters& coun
             common::OpenConnections::Entry entry = open.add(client->fd.get());
             common::Stats::ConnectionScope counted = stats.track_connection();
             serve_client(client->fd.get(), client->peer, stats, [&queue] { return queue.waiting_for_a_worker(); });
+            common::linger_close(client->fd.get(), entry.begin_closing());  // no reset cuts the last response short
             client->fd.reset();
         }
         counters.busy_workers.fetch_sub(1);

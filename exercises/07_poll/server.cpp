@@ -48,6 +48,7 @@ struct Connection {
     std::string output{};        // response bytes not yet accepted by the kernel
     std::size_t output_sent = 0;
     bool close_after_output = false;
+    common::LingeringClose linger{};  // active once the last response is out
     bool closed = false;
     common::Stats::ConnectionScope counted;
     // TODO(lab 07): add when the first byte of the request in progress arrived:
@@ -78,6 +79,13 @@ void answer_requests(Connection& c, common::Stats& stats) {
     // its clock has not started, start it: request_started = steady_clock::now().
 }
 
+// The last response is out: shut our side down, and read and throw away what
+// the client still sends until it closes too. Closing at once could reset the
+// connection, and the reset would destroy the response on its way.
+void start_lingering(Connection& c) {
+    if (!c.linger.start(c.fd.get())) c.closed = true;  // nothing to wait for
+}
+
 // Sends as much pending output as the kernel takes now. Returns true when
 // all of it is gone. EAGAIN: the send buffer is full, try again next round.
 bool flush_output(Connection& c) {
@@ -95,10 +103,7 @@ bool flush_output(Connection& c) {
     }
     c.output.clear();
     c.output_sent = 0;
-    if (c.close_after_output) {
-        common::shutdown_and_drain(c.fd.get());
-        c.closed = true;
-    }
+    if (c.close_after_output) start_lingering(c);
     return true;
 }
 
@@ -114,6 +119,10 @@ void answer_and_send(Connection& c, common::Stats& stats) {
 
 // poll() said the socket is readable: one recv() will not block.
 void read_ready(Connection& c, common::Stats& stats) {
+    if (c.linger.active()) {
+        c.closed = c.linger.discard(c.fd.get());  // until the client closes
+        return;
+    }
     char buffer[16 * 1024];
     ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
     if (n > 0) {
@@ -125,6 +134,19 @@ void read_ready(Connection& c, common::Stats& stats) {
         common::log_client_error("recv", c.peer, errno);
         c.closed = true;
     }
+}
+
+// How long the loop may sleep: until the first lingering client's deadline
+// (-1: no deadline), and while stopping no more than common::kStopRecheck.
+int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping) {
+    std::optional<std::chrono::steady_clock::time_point> first;
+    for (const auto& c : connections)
+        if (c->linger.active() && (!first || c->linger.deadline() < *first)) first = c->linger.deadline();
+    long long ms = -1;
+    if (first) ms = std::max<long long>(0, std::chrono::ceil<std::chrono::milliseconds>(
+                                               *first - std::chrono::steady_clock::now()).count());
+    if (stopping && (ms < 0 || ms > common::kStopRecheck.count())) ms = common::kStopRecheck.count();
+    return static_cast<int>(ms);
 }
 
 void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
@@ -156,12 +178,14 @@ int main(int argc, char** argv) {
 
         for (;;) {
             const bool stopping = common::stop_requested();
-            if (stopping) {  // finish responses in progress; idle clients are done
-                for (auto& c : connections)
-                    if (c->output.empty()) c->closed = true;
-                std::erase_if(connections, [](const auto& c) { return c->closed; });
-                if (connections.empty()) break;
+            // Lingering clients that took too long are closed; at a stop, the
+            // responses in progress finish and idle clients are done.
+            for (auto& c : connections) {
+                if (c->linger.active()) c->closed = c->linger.over(c->fd.get(), std::chrono::steady_clock::now());
+                else if (stopping && c->output.empty()) start_lingering(*c);
             }
+            std::erase_if(connections, [](const auto& c) { return c->closed; });
+            if (stopping && connections.empty()) break;
             // Interest: the listener and idle clients to read, clients with
             // output pending to write. Entry i + 1 belongs to connections[i].
             std::vector<pollfd> interest;
@@ -169,11 +193,12 @@ int main(int argc, char** argv) {
             interest.push_back({stopping ? -1 : listener.get(), POLLIN, 0});  // fd -1: ignored by poll
             for (auto& c : connections)
                 interest.push_back({c->fd.get(), static_cast<short>(c->output.empty() ? POLLIN : POLLOUT), 0});
-            // TODO(lab 07): with --request-timeout (request_timeout_ms > 0), give poll()
-            // the milliseconds until the earliest deadline (request_started + the
-            // timeout) among clients with a request in progress, rounded up and never
-            // negative; -1 (no timeout) when no request is in progress.
-            const int ready = ::poll(interest.data(), interest.size(), -1);  // sleeps
+            int timeout_ms = wait_ms(connections, stopping);  // -1: none
+            // TODO(lab 07): with --request-timeout (request_timeout_ms > 0), poll() must
+            // also wake at the earliest deadline (request_started + the timeout) among
+            // clients with a request in progress: in milliseconds, rounded up and never
+            // negative. If timeout_ms is -1 (none) or later, put that time in it instead.
+            const int ready = ::poll(interest.data(), interest.size(), timeout_ms);
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag

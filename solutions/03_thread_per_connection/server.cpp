@@ -40,10 +40,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats) {
         for (http::ParseResult r = parser.next(); r.kind != http::ParseResult::need_more; r = parser.next()) {
             http::Reply reply = http::respond(r, stats);
             if (!common::send_all(fd, reply.bytes, peer)) return;
-            if (reply.close_after) {
-                common::shutdown_and_drain(fd);
-                return;
-            }
+            if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
         }
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks this thread only
         if (n > 0) {
@@ -69,6 +66,7 @@ void run_connection(common::Accepted client, common::OpenConnections::Entry regi
     common::OpenConnections::Entry entry = std::move(registered);
     common::Stats::ConnectionScope counted = std::move(counted_by_main);
     serve_client(client.fd.get(), client.peer, stats);
+    common::linger_close(client.fd.get(), entry.begin_closing());  // no reset cuts the last response short
     client.fd.reset();
 }
 

@@ -62,26 +62,20 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats, const s
             // LAB END
             http::Reply reply = http::respond(r, stats);
             if (!common::send_all(fd, reply.bytes, peer)) return;
-            if (reply.close_after) {
-                common::shutdown_and_drain(fd);
-                return;
-            }
+            if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
             // LAB BEGIN
             // Others started waiting while we handled the request (a slow
             // /sleep, say): the reply already promised keep-alive, but a server
             // may close an idle connection at any time (RFC 9112, 9.6). With
             // nothing more from this client buffered, we let it go rather than
             // wait in recv() for its next request; it will reconnect.
-            if (parser.buffered() == 0 && others_waiting()) {
-                common::shutdown_and_drain(fd);
-                return;
-            }
+            if (parser.buffered() == 0 && others_waiting()) return;  // the caller closes, lingering
             // LAB SKELETON
             //> // TODO(lab 04): the reply above promised keep-alive, but others may
             //> // have started waiting while the request ran (a slow /sleep, say).
             //> // If nothing more from this client is buffered (parser.buffered() == 0)
-            //> // and others_waiting(), close the connection here
-            //> // (common::shutdown_and_drain) instead of waiting in recv() below.
+            //> // and others_waiting(), return here (the caller closes the connection)
+            //> // instead of waiting in recv() below.
             // LAB END
         }
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks this worker
@@ -168,6 +162,7 @@ void run_worker(ConnectionQueue& queue, common::Stats& stats, PoolCounters& coun
             common::OpenConnections::Entry entry = open.add(client->fd.get());
             common::Stats::ConnectionScope counted = stats.track_connection();
             serve_client(client->fd.get(), client->peer, stats, [&queue] { return queue.waiting_for_a_worker(); });
+            common::linger_close(client->fd.get(), entry.begin_closing());  // no reset cuts the last response short
             client->fd.reset();
         }
         counters.busy_workers.fetch_sub(1);

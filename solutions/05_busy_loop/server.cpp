@@ -51,6 +51,7 @@ struct Connection {
     std::string output{};        // response bytes not yet accepted by the kernel
     std::size_t output_sent = 0;
     bool close_after_output = false;
+    common::LingeringClose linger{};  // active once the last response is out
     bool closed = false;
     common::Stats::ConnectionScope counted;
 };
@@ -77,6 +78,13 @@ void answer_requests(Connection& c, common::Stats& stats) {
     }
 }
 
+// The last response is out: shut our side down, and read and throw away what
+// the client still sends until it closes too. Closing at once could reset the
+// connection, and the reset would destroy the response on its way.
+void start_lingering(Connection& c) {
+    if (!c.linger.start(c.fd.get())) c.closed = true;  // nothing to wait for
+}
+
 // Sends as much pending output as the kernel takes now. Returns true when
 // all of it is gone. EAGAIN: the send buffer is full, try again next round.
 bool flush_output(Connection& c) {
@@ -94,10 +102,7 @@ bool flush_output(Connection& c) {
     }
     c.output.clear();
     c.output_sent = 0;
-    if (c.close_after_output) {
-        common::shutdown_and_drain(c.fd.get());
-        c.closed = true;
-    }
+    if (c.close_after_output) start_lingering(c);
     return true;
 }
 
@@ -173,7 +178,9 @@ int main(int argc, char** argv) {
             //> if (!stopping) accept_pending_clients(listener.get(), connections, stats);
             // LAB END
             for (auto& c : connections) {
-                if (!c->output.empty()) {
+                if (c->linger.active()) {
+                    c->closed = c->linger.discard(c->fd.get());  // until the client closes
+                } else if (!c->output.empty()) {
                     // LAB BEGIN
                     // true: all of it went out. false: the kernel's send buffer is
                     // full, and resting gives it time to drain.
@@ -192,7 +199,7 @@ int main(int argc, char** argv) {
                 } else if (stopping) {
                     // Idle at shutdown. (We read first: a request may have arrived
                     // while the loop slept, and it deserves its response.)
-                    c->closed = true;
+                    start_lingering(*c);
                 }
             }
             std::erase_if(connections, [](const auto& c) { return c->closed; });

@@ -60,6 +60,7 @@ struct Connection {
     std::string output{};        // response bytes not yet accepted by the kernel
     std::size_t output_sent = 0;
     bool close_after_output = false;
+    common::LingeringClose linger{};  // active once the last response is out
     bool closed = false;
     common::Stats::ConnectionScope counted;
     // LAB BEGIN
@@ -92,6 +93,13 @@ void answer_requests(Connection& c, common::Stats& stats) {
     }
 }
 
+// The last response is out: shut our side down, and read and throw away what
+// the client still sends until it closes too. Closing at once could reset the
+// connection, and the reset would destroy the response on its way.
+void start_lingering(Connection& c) {
+    if (!c.linger.start(c.fd.get())) c.closed = true;  // nothing to wait for
+}
+
 // Sends as much pending output as the kernel takes now. Returns true when
 // all of it is gone. EAGAIN: the send buffer is full, try again next round.
 bool flush_output(Connection& c) {
@@ -109,10 +117,7 @@ bool flush_output(Connection& c) {
     }
     c.output.clear();
     c.output_sent = 0;
-    if (c.close_after_output) {
-        common::shutdown_and_drain(c.fd.get());
-        c.closed = true;
-    }
+    if (c.close_after_output) start_lingering(c);
     return true;
 }
 
@@ -128,6 +133,10 @@ void answer_and_send(Connection& c, common::Stats& stats) {
 
 // select() said the socket is readable: one recv() will not block.
 void read_ready(Connection& c, common::Stats& stats) {
+    if (c.linger.active()) {
+        c.closed = c.linger.discard(c.fd.get());  // until the client closes
+        return;
+    }
     char buffer[16 * 1024];
     ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
     if (n > 0) {
@@ -139,6 +148,19 @@ void read_ready(Connection& c, common::Stats& stats) {
         common::log_client_error("recv", c.peer, errno);
         c.closed = true;
     }
+}
+
+// How long the loop may sleep: until the first lingering client's deadline
+// (-1: no deadline), and while stopping no more than common::kStopRecheck.
+int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping) {
+    std::optional<std::chrono::steady_clock::time_point> first;
+    for (const auto& c : connections)
+        if (c->linger.active() && (!first || c->linger.deadline() < *first)) first = c->linger.deadline();
+    long long ms = -1;
+    if (first) ms = std::max<long long>(0, std::chrono::ceil<std::chrono::milliseconds>(
+                                               *first - std::chrono::steady_clock::now()).count());
+    if (stopping && (ms < 0 || ms > common::kStopRecheck.count())) ms = common::kStopRecheck.count();
+    return static_cast<int>(ms);
 }
 
 void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
@@ -167,11 +189,12 @@ void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection
 // a timeout (nullopt) when no client is connected.
 std::optional<timeval> time_to_first_deadline(const std::vector<std::unique_ptr<Connection>>& connections,
                                               std::chrono::milliseconds idle_timeout) {
-    if (idle_timeout.count() == 0 || connections.empty()) return std::nullopt;
-    SteadyClock::time_point first = connections.front()->last_activity;
-    for (auto& c : connections) first = std::min(first, c->last_activity);
+    std::optional<SteadyClock::time_point> first;
+    for (auto& c : connections)  // a lingering client has a deadline of its own (wait_ms)
+        if (!c->linger.active() && (!first || c->last_activity < *first)) first = c->last_activity;
+    if (idle_timeout.count() == 0 || !first) return std::nullopt;
     // Round up: waking a little early would find nothing to close and spin.
-    auto wait = std::chrono::ceil<std::chrono::microseconds>(first + idle_timeout - SteadyClock::now());
+    auto wait = std::chrono::ceil<std::chrono::microseconds>(*first + idle_timeout - SteadyClock::now());
     if (wait.count() < 0) wait = std::chrono::microseconds(0);
     timeval tv{};
     tv.tv_sec = static_cast<time_t>(wait.count() / 1'000'000);
@@ -182,11 +205,11 @@ std::optional<timeval> time_to_first_deadline(const std::vector<std::unique_ptr<
 // Closes a client that has been silent for too long. If part of a request
 // had arrived, it is told why (408), like lab 01.
 void close_if_idle(Connection& c, SteadyClock::time_point now, std::chrono::milliseconds idle_timeout) {
-    if (c.closed || now - c.last_activity < idle_timeout) return;
+    if (c.closed || c.linger.active() || now - c.last_activity < idle_timeout) return;
     if (c.output.empty() && c.parser.buffered() > 0) {
         c.output = http::serialize(http::error_response(408, "no data within the idle timeout"), false);
         c.close_after_output = true;
-        if (flush_output(c)) return;  // the send buffer was empty: it fits, and flush_output closed
+        if (flush_output(c)) return;  // the send buffer was empty: it fits, and now it lingers
     }
     common::shutdown_and_drain(c.fd.get());
     c.closed = true;
@@ -211,12 +234,14 @@ int main(int argc, char** argv) {
 
         for (;;) {
             const bool stopping = common::stop_requested();
-            if (stopping) {  // finish responses in progress; idle clients are done
-                for (auto& c : connections)
-                    if (c->output.empty()) c->closed = true;
-                std::erase_if(connections, [](const auto& c) { return c->closed; });
-                if (connections.empty()) break;
+            // Lingering clients that took too long are closed; at a stop, the
+            // responses in progress finish and idle clients are done.
+            for (auto& c : connections) {
+                if (c->linger.active()) c->closed = c->linger.over(c->fd.get(), std::chrono::steady_clock::now());
+                else if (stopping && c->output.empty()) start_lingering(*c);
             }
+            std::erase_if(connections, [](const auto& c) { return c->closed; });
+            if (stopping && connections.empty()) break;
             // Interest: the listener and idle clients to read, clients with
             // output pending to write. select() overwrites the sets, so they
             // are rebuilt on every round.
@@ -232,18 +257,22 @@ int main(int argc, char** argv) {
                 FD_SET(c->fd.get(), c->output.empty() ? &readable : &writable);
                 max_fd = std::max(max_fd, c->fd.get());
             }
+            std::optional<timeval> timeout;  // none: sleep until a socket is ready
+            if (const int ms = wait_ms(connections, stopping); ms >= 0) timeout = timeval{ms / 1000, ms % 1000 * 1000};
             // LAB BEGIN
+            // Or until the earliest idle deadline, if that comes first (select returns 0).
             const std::chrono::milliseconds idle_timeout(idle_timeout_ms);
-            std::optional<timeval> timeout = time_to_first_deadline(connections, idle_timeout);
-            // Sleeps until a socket is ready or the timeout passes (select returns 0).
-            const int ready = ::select(max_fd + 1, &readable, &writable, nullptr, timeout ? &*timeout : nullptr);
+            if (std::optional<timeval> idle = time_to_first_deadline(connections, idle_timeout);
+                idle && (!timeout || timercmp(&*idle, &*timeout, <)))
+                timeout = idle;
             // LAB SKELETON
             //> // TODO(lab 06): with --idle-timeout (idle_timeout_ms > 0) and at least one
-            //> // client, give select() a timeout: a struct timeval holding the time until
-            //> // the earliest deadline (last_activity + the timeout) of all clients, never
-            //> // negative. With no client, keep nullptr: wait without a timeout.
-            //> const int ready = ::select(max_fd + 1, &readable, &writable, nullptr, nullptr);  // sleeps
+            //> // client, select() must also wake at the earliest idle deadline
+            //> // (last_activity + the timeout) of all clients: a struct timeval, never
+            //> // negative. If `timeout` is empty or later, put that time in it instead.
+            //> // With no client, leave `timeout` as it is.
             // LAB END
+            const int ready = ::select(max_fd + 1, &readable, &writable, nullptr, timeout ? &*timeout : nullptr);
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag

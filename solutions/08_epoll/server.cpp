@@ -33,11 +33,14 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <deque>
 #include <exception>
 #include <string>
 #include <unordered_map>
@@ -53,6 +56,7 @@ namespace {
 
 // What a connection waits for; each state is one epoll interest.
 //   reading: no output pending; waits for bytes           -> EPOLLIN
+//            (or, lingering, for the client's end of stream)
 //   writing: a response is partly sent; waits for room    -> EPOLLOUT
 //            (and reads nothing more until it has gone)
 //   closed:  done; leaves the interest list when its fd is closed
@@ -84,8 +88,34 @@ struct Connection {
     std::string output{};  // response bytes not yet accepted by the kernel
     std::size_t output_sent = 0;
     bool close_after_output = false;
-    State state = State::reading;  // what epoll watches for now
+    State state = State::reading;     // what epoll watches for now
+    common::LingeringClose linger{};  // active once the last response is out (then it reads)
     common::Stats::ConnectionScope counted;
+};
+
+// Connections in a lingering close, oldest first. Every one waits the same
+// time (common::kLingerTimeout), so the order they began in is the order of
+// their deadlines: the front is the next to expire, and epoll_wait's timeout.
+// An id whose connection closed meanwhile stays until its turn, and is skipped.
+struct LingerQueue {
+    struct Entry {
+        ConnectionId id;
+        std::chrono::steady_clock::time_point deadline;
+    };
+    std::deque<Entry> entries;
+
+    void add(ConnectionId id, std::chrono::steady_clock::time_point deadline) { entries.push_back({id, deadline}); }
+    // ms until the front's deadline, rounded up, or -1 for none; while
+    // stopping, no more than common::kStopRecheck (see LingeringClose::over).
+    int wait_ms(bool stopping) const {
+        long long ms = -1;
+        if (!entries.empty())
+            ms = std::max<long long>(0, std::chrono::ceil<std::chrono::milliseconds>(
+                                            entries.front().deadline - std::chrono::steady_clock::now())
+                                            .count());
+        if (stopping && (ms < 0 || ms > common::kStopRecheck.count())) ms = common::kStopRecheck.count();
+        return static_cast<int>(ms);
+    }
 };
 
 struct LoopCounters {
@@ -111,6 +141,13 @@ void answer_requests(Connection& c, common::Stats& stats) {
     }
 }
 
+// The last response is out: shut our side down, and read and throw away what
+// the client still sends until it closes too. Closing at once could reset the
+// connection, and the reset would destroy the response on its way.
+void start_lingering(Connection& c) {
+    if (!c.linger.start(c.fd.get())) c.state = State::closed;  // nothing to wait for
+}
+
 // Sends as much pending output as the kernel takes now. Returns true when
 // all of it is gone. EAGAIN: the send buffer is full, try again when epoll
 // says there is room.
@@ -129,10 +166,7 @@ bool flush_output(Connection& c) {
     }
     c.output.clear();
     c.output_sent = 0;
-    if (c.close_after_output) {
-        common::shutdown_and_drain(c.fd.get());
-        c.state = State::closed;
-    }
+    if (c.close_after_output) start_lingering(c);
     return true;
 }
 
@@ -207,7 +241,9 @@ public:
             if (stopping && wind_down()) return;
             // No interest to build: the kernel keeps it. Only ready sockets come back.
             std::array<epoll_event, 256> events;
-            const int ready = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), -1);  // sleeps
+            // Sleeps until a socket is ready or the first lingering deadline.
+            const int ready = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()),
+                                           lingering_.wait_ms(common::stop_requested()));
             counters_.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
@@ -229,6 +265,7 @@ public:
                         break;
                 }
             }
+            expire_lingering();
         }
     }
 
@@ -296,10 +333,15 @@ private:
     // One report: do what the connection's state waits for. EPOLLHUP and
     // EPOLLERR come unasked; recv or send then reports them.
     void serve(Connection& c) {
-        if (c.state == State::writing)
+        const bool was_lingering = c.linger.active();
+        if (was_lingering) {
+            if (c.linger.discard(c.fd.get())) c.state = State::closed;  // the client closed too
+        } else if (c.state == State::writing) {
             answer_and_send(c, stats_);
-        else
+        } else {
             read_ready(c, stats_);
+        }
+        if (c.linger.active() && !was_lingering) lingering_.add(c.id, c.linger.deadline());
         update_interest(c);
         if (c.state == State::closed) forget(c);
     }
@@ -322,11 +364,21 @@ private:
         c.state = next;
     }
 
+    // Closes the lingering connections whose client took too long to close.
+    void expire_lingering() {
+        const auto now = std::chrono::steady_clock::now();
+        while (!lingering_.entries.empty() && lingering_.entries.front().deadline <= now) {
+            if (auto it = connections_.find(lingering_.entries.front().id); it != connections_.end()) forget(it->second);
+            lingering_.entries.pop_front();
+        }
+    }
+
     // Closes and forgets a connection (its fd leaves the interest list as it closes).
     void forget(Connection& c) { connections_.erase(c.id); }
 
-    // A stop was requested: accept nobody more, close the connections with
-    // nothing to send, let the others finish. True when none is left.
+    // A stop was requested: accept nobody more, let the responses in progress
+    // finish, and close the others, lingering where anything is still in
+    // flight. True when none is left.
     bool wind_down() {
         // LAB BEGIN
         watch_listener(false);  // run() has already taken it out: no system call here
@@ -340,10 +392,18 @@ private:
         //>     listening_ = false;
         //> }
         // LAB END
-        std::vector<Connection*> nothing_to_send;
-        for (auto& [id, c] : connections_)
-            if (c.output.empty()) nothing_to_send.push_back(&c);
-        for (Connection* c : nothing_to_send) forget(*c);
+        const auto now = std::chrono::steady_clock::now();
+        std::vector<Connection*> done;
+        for (auto& [id, c] : connections_) {
+            if (c.linger.active()) {
+                if (c.linger.over(c.fd.get(), now)) done.push_back(&c);
+            } else if (c.output.empty()) {
+                start_lingering(c);
+                if (c.state == State::closed) done.push_back(&c);
+                else lingering_.add(c.id, c.linger.deadline());  // its interest is EPOLLIN already
+            }
+        }
+        for (Connection* c : done) forget(*c);
         return connections_.empty();
     }
 
@@ -355,6 +415,7 @@ private:
     const std::size_t max_connections_;  // --max-connections; 0: no limit
     ConnectionId last_id_ = 0;
     std::unordered_map<ConnectionId, Connection> connections_;
+    LingerQueue lingering_;
 };
 
 }  // namespace

@@ -67,10 +67,12 @@ using SteadyClock = std::chrono::steady_clock;
 // What a connection is doing. Unlike chapter 08, the state no longer decides
 // the epoll interest (that is fixed): it decides what to do when epoll says
 // something changed.
-//   reading: no output pending; read and answer until EAGAIN
-//   writing: a response is partly sent; send until EAGAIN, read nothing more
-//   closed:  done; leaves the interest list when its fd is closed
-enum class State { reading, writing, closed };
+//   reading:   no output pending; read and answer until EAGAIN
+//   writing:   a response is partly sent; send until EAGAIN, read nothing more
+//   lingering: the last response is out and our side shut down; read and
+//              discard until the client closes too (common::LingeringClose)
+//   closed:    done; leaves the interest list when its fd is closed
+enum class State { reading, writing, lingering, closed };
 
 // Each entry of the interest list carries 64 bits of ours, handed back with
 // every report: what the descriptor is (a kind, in the top byte) and, for a
@@ -179,7 +181,8 @@ struct Connection {
     bool close_after_output = false;
     State state = State::reading;
     bool waiting_for_turn = false;        // on the loop's ready list: it has work left
-    IdleTimer::Position idle_position{};  // its entry in the idle timer
+    IdleTimer::Position idle_position{};  // its entry in the idle timer (until it lingers)
+    common::LingeringClose linger{};
     // LAB BEGIN
     // For the request timer. With defaults, so that the initializer in
     // accept_clients stays as it is.
@@ -191,6 +194,31 @@ struct Connection {
     //> // idle_position is in the idle timer). Give each a default value.
     // LAB END
     common::Stats::ConnectionScope counted;
+};
+
+// Connections in a lingering close, oldest first. Every one waits the same
+// time (common::kLingerTimeout), so the order they began in is the order of
+// their deadlines: the front is the next to expire, and epoll_wait's timeout.
+// An id whose connection closed meanwhile stays until its turn, and is skipped.
+struct LingerQueue {
+    struct Entry {
+        ConnectionId id;
+        std::chrono::steady_clock::time_point deadline;
+    };
+    std::deque<Entry> entries;
+
+    void add(ConnectionId id, std::chrono::steady_clock::time_point deadline) { entries.push_back({id, deadline}); }
+    // ms until the front's deadline, rounded up, or -1 for none; while
+    // stopping, no more than common::kStopRecheck (see LingeringClose::over).
+    int wait_ms(bool stopping) const {
+        long long ms = -1;
+        if (!entries.empty())
+            ms = std::max<long long>(0, std::chrono::ceil<std::chrono::milliseconds>(
+                                            entries.front().deadline - std::chrono::steady_clock::now())
+                                            .count());
+        if (stopping && (ms < 0 || ms > common::kStopRecheck.count())) ms = common::kStopRecheck.count();
+        return static_cast<int>(ms);
+    }
 };
 
 struct LoopCounters {
@@ -219,6 +247,13 @@ void answer_requests(Connection& c, common::Stats& stats) {
     }
 }
 
+// The last response is out: shut our side down, and read and throw away what
+// the client still sends until it closes too. Closing at once could reset the
+// connection, and the reset would destroy the response on its way.
+void start_lingering(Connection& c) {
+    c.state = c.linger.start(c.fd.get()) ? State::lingering : State::closed;  // closed: nothing to wait for
+}
+
 // Sends as much pending output as the kernel takes now. Returns true when
 // all of it is gone. EAGAIN: the send buffer is full; epoll reports the
 // socket again when there is room (a change, so edge-triggered sees it too).
@@ -237,10 +272,7 @@ bool flush_output(Connection& c) {
     }
     c.output.clear();
     c.output_sent = 0;
-    if (c.close_after_output) {
-        common::shutdown_and_drain(c.fd.get());
-        c.state = State::closed;
-    }
+    if (c.close_after_output) start_lingering(c);
     return true;
 }
 
@@ -284,7 +316,7 @@ void close_late_request(Connection& c) {
     c.output =
         http::serialize(http::error_response(408, "the request did not arrive within the request timeout"), false);
     c.close_after_output = true;
-    if (flush_output(c)) return;  // sent: with close_after_output set, flush_output has closed it
+    if (flush_output(c)) return;  // sent: with close_after_output set, it now lingers
     common::shutdown_and_drain(c.fd.get());
     c.state = State::closed;
 }
@@ -322,7 +354,7 @@ Turn drive(Connection& c, common::Stats& stats, RequestTimer& requests, bool sho
         if (c.state == State::closed) return Turn::blocked;
         if (c.state == State::writing) {
             if (!flush_output(c)) return Turn::blocked;  // EAGAIN (or an error closed it)
-            if (c.state == State::closed) return Turn::blocked;
+            if (c.state != State::writing) continue;     // the last response went: lingering (or closed)
             answer_requests(c, stats);  // requests that waited behind the output
             // LAB BEGIN
             track_request(c, requests);  // all answered and sent: a part request left starts its clock
@@ -333,6 +365,10 @@ Turn drive(Connection& c, common::Stats& stats, RequestTimer& requests, bool sho
             // LAB END
             if (c.output.empty()) c.state = State::reading;  // and read on: no report comes for bytes already here
             continue;
+        }
+        if (c.state == State::lingering) {
+            if (c.linger.discard(c.fd.get())) c.state = State::closed;  // read until EAGAIN, or the client closed
+            return Turn::blocked;
         }
         if (drained && short_read_ends_turn) return Turn::blocked;
         if (reads++ == reads_per_turn) return Turn::more_to_do;
@@ -367,7 +403,7 @@ void close_idle(Connection& c) {
     if (c.output.empty() && c.parser.buffered() > 0) {
         c.output = http::serialize(http::error_response(408, "no data within the idle timeout"), false);
         c.close_after_output = true;
-        if (flush_output(c)) return;  // the send buffer was empty: it fitted, and flush_output closed
+        if (flush_output(c)) return;  // the send buffer was empty: it fitted, and now it lingers
     }
     common::shutdown_and_drain(c.fd.get());
     c.state = State::closed;
@@ -415,12 +451,12 @@ public:
             std::array<epoll_event, 256> events;
             // LAB BEGIN
             // Two lists, two fronts: sleep until the earlier of the two deadlines.
-            const int wait_ms = ready_list_.empty() ? sooner(timer_.wait_ms(), requests_.wait_ms()) : 0;
+            const int wait_ms = ready_list_.empty() ? sooner(first_deadline_ms(), requests_.wait_ms()) : 0;
             // LAB SKELETON
             //> // TODO(lab 09): with requests in progress, sleep no longer than until the
             //> // first request deadline either: the earlier of the two, where -1 means
             //> // "no deadline" (not "the smallest").
-            //> const int wait_ms = ready_list_.empty() ? timer_.wait_ms() : 0;
+            //> const int wait_ms = ready_list_.empty() ? first_deadline_ms() : 0;
             // LAB END
             const int ready = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), wait_ms);
             const SteadyClock::time_point woke = SteadyClock::now();
@@ -457,6 +493,7 @@ public:
                 }
             }
             expire_idle(woke);
+            expire_lingering(woke);
             // LAB BEGIN
             expire_requests(woke);
             // LAB SKELETON
@@ -511,17 +548,19 @@ private:
         // PRI): then read on to EAGAIN or the end. So does a turn from the
         // ready list, whose reports were not looked at while it waited.
         const bool short_read_ends_turn = events != 0 && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) == 0;
-        timer_.touch(c.idle_position);
+        const bool was_lingering = c.linger.active();
+        if (!was_lingering) timer_.touch(c.idle_position);
         // LAB BEGIN
         const Turn turn = drive(c, stats_, requests_, short_read_ends_turn);
         // LAB SKELETON
         //> const Turn turn = drive(c, stats_, short_read_ends_turn);
         // LAB END
+        if (c.linger.active() && !was_lingering) now_lingering(c);
         if (c.state == State::closed) {
             forget(c);
             return;
         }
-        timer_.touch(c.idle_position);
+        if (!c.linger.active()) timer_.touch(c.idle_position);
         if (turn == Turn::more_to_do && !c.waiting_for_turn) {
             c.waiting_for_turn = true;
             ready_list_.push_back(c.id);
@@ -535,8 +574,39 @@ private:
             Connection& c = connections_.at(*id);
             counters_.idle_closed.fetch_add(1, std::memory_order_relaxed);
             close_idle(c);
-            forget(c);
+            if (c.linger.active()) now_lingering(c);  // it was sent a 408
+            if (c.state == State::closed) forget(c);
         }
+    }
+
+    // A connection that has just begun its lingering close leaves the idle
+    // timer (its client may still be reading our last response) for the
+    // linger queue, where it waits at most common::kLingerTimeout.
+    void now_lingering(Connection& c) {
+        timer_.remove(c.idle_position);
+        lingering_.add(c.id, c.linger.deadline());
+        // LAB BEGIN
+        if (c.awaiting_request) requests_.remove(c.request_position);  // no request to wait for any more
+        c.awaiting_request = false;
+        // LAB SKELETON
+        //> // TODO(lab 09): a connection that lingers waits for no request any more:
+        //> // it leaves the request list too, if it is there.
+        // LAB END
+    }
+
+    // Closes the lingering connections whose client took too long to close.
+    void expire_lingering(SteadyClock::time_point now) {
+        while (!lingering_.entries.empty() && lingering_.entries.front().deadline <= now) {
+            if (auto it = connections_.find(lingering_.entries.front().id); it != connections_.end()) forget(it->second);
+            lingering_.entries.pop_front();
+        }
+    }
+
+    // epoll_wait's timeout: the first idle or lingering deadline (-1: none).
+    int first_deadline_ms() const {
+        const int idle = timer_.wait_ms(), linger = lingering_.wait_ms(common::stop_requested());
+        if (idle < 0 || linger < 0) return std::max(idle, linger);
+        return std::min(idle, linger);
     }
 
     // LAB BEGIN
@@ -547,7 +617,8 @@ private:
             Connection& c = connections_.at(*id);
             counters_.request_timeouts.fetch_add(1, std::memory_order_relaxed);
             close_late_request(c);
-            forget(c);
+            if (c.linger.active()) now_lingering(c);  // the 408 went out
+            if (c.state == State::closed) forget(c);
         }
     }
     // LAB SKELETON
@@ -559,7 +630,7 @@ private:
     // closes). If it waits on the ready list, its id stays there and is
     // skipped when its turn comes: ids are never reused.
     void forget(Connection& c) {
-        timer_.remove(c.idle_position);
+        if (!c.linger.active()) timer_.remove(c.idle_position);  // a lingering one has left the timer
         // LAB BEGIN
         if (c.awaiting_request) requests_.remove(c.request_position);  // a request in progress ends with its connection
         // LAB SKELETON
@@ -569,18 +640,27 @@ private:
         connections_.erase(c.id);
     }
 
-    // A stop was requested: accept nobody more, close the connections with
-    // nothing to send, let the others finish. True when none is left.
+    // A stop was requested: accept nobody more, let the responses in progress
+    // finish, and close the others, lingering where anything is still in
+    // flight. True when none is left.
     bool wind_down() {
         if (listening_) {
             if (::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr) < 0)
                 common::throw_errno("epoll_ctl(EPOLL_CTL_DEL, listener fd " + std::to_string(listener_.get()) + ")");
             listening_ = false;
         }
-        std::vector<Connection*> nothing_to_send;
-        for (auto& [id, c] : connections_)
-            if (c.output.empty()) nothing_to_send.push_back(&c);
-        for (Connection* c : nothing_to_send) forget(*c);
+        const auto now = SteadyClock::now();
+        std::vector<Connection*> done;
+        for (auto& [id, c] : connections_) {
+            if (c.linger.active()) {
+                if (c.linger.over(c.fd.get(), now)) done.push_back(&c);
+            } else if (c.output.empty()) {
+                start_lingering(c);
+                if (c.state == State::closed) done.push_back(&c);
+                else now_lingering(c);
+            }
+        }
+        for (Connection* c : done) forget(*c);
         return connections_.empty();
     }
 
@@ -593,6 +673,7 @@ private:
     std::unordered_map<ConnectionId, Connection> connections_;
     std::deque<ConnectionId> ready_list_;  // connections whose turn ended with work left
     IdleTimer timer_;
+    LingerQueue lingering_;
     // LAB BEGIN
     RequestTimer requests_;  // connections that wait for the rest of a request (--request-timeout)
     // LAB SKELETON
