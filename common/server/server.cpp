@@ -354,10 +354,10 @@ bool LingeringClose::over(int fd, Clock::time_point now) const {
 }
 
 void linger_close(int fd, bool reading_shut_down) {
-    using Clock = std::chrono::steady_clock;
-    const Clock::time_point deadline = Clock::now() + kLingerTimeout;
-    std::size_t budget = kLingerMaxBytes;
+    using Clock = LingeringClose::Clock;
     if (reading_shut_down) {
+        const Clock::time_point deadline = Clock::now() + kLingerTimeout;
+        std::size_t budget = kLingerMaxBytes;
         // No FIN from us, no end of stream to wait for: wait until the client
         // has acknowledged every byte, discarding what it sends meanwhile.
         // Nothing says when (an acknowledgement wakes nobody): look every 10 ms.
@@ -368,20 +368,16 @@ void linger_close(int fd, bool reading_shut_down) {
         }
         return;
     }
-    const bool quiet = stop_requested() && nothing_in_flight(fd);
-    if (::shutdown(fd, SHUT_WR) != 0 || quiet) return;
-    for (;;) {
-        const Drained drained = discard_available(fd, budget);
-        if (drained != Drained::for_now) return;  // the client closed too (or an error, or too many bytes)
-        const long long left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-        if (left <= 0) return;
-        // A stopping server does not wait for a client that has everything:
-        // no event says so (an acknowledgement wakes nobody), so look again soon.
-        const bool stopping = stop_requested();
-        if (stopping && nothing_in_flight(fd)) return;
+    // Otherwise the loops' LingeringClose, with poll() as the loop.
+    LingeringClose lingering;
+    if (!lingering.start(fd)) return;
+    while (!lingering.discard(fd)) {
+        const long long left =
+            std::chrono::ceil<std::chrono::milliseconds>(lingering.deadline() - Clock::now()).count();
+        // While stopping, look again soon: over() may become true with no event.
+        const int wait_ms = static_cast<int>(stop_requested() ? std::min<long long>(left, kStopRecheck.count()) : left);
         pollfd readable{fd, POLLIN, 0};
-        const int wait_ms = static_cast<int>(stopping ? std::min<long long>(left, kStopRecheck.count()) : left);
-        if (::poll(&readable, 1, wait_ms) < 0 && errno != EINTR) {
+        if (::poll(&readable, 1, std::max(wait_ms, 0)) < 0 && errno != EINTR) {
             log_line("poll fd " + std::to_string(fd) + " (lingering close): " + std::strerror(errno));
             return;
         }
