@@ -267,7 +267,7 @@ std::string_view reason_phrase(int status) {
 std::string serialize(const Response& response, bool keep_alive) {
     std::string head = "HTTP/1.1 " + std::to_string(response.status) + " " + std::string(reason_phrase(response.status)) +
                        "\r\nContent-Type: " + response.content_type +
-                       "\r\nContent-Length: " + std::to_string(response.body.size()) +
+                       "\r\nContent-Length: " + std::to_string(response.body.size() + response.generated.remaining()) +
                        (keep_alive && !response.close ? "\r\nConnection: keep-alive" : "\r\nConnection: close");
     for (const Header& h : response.headers) head += "\r\n" + h.name + ": " + h.value;
     head += "\r\n\r\n";
@@ -286,10 +286,24 @@ Response error_response(int status, std::string_view text) {
     return r;
 }
 
-char pattern_byte(std::uint64_t offset) {
-    static constexpr std::string_view kAlphabet =
-        "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-\n";  // 64 bytes
-    return kAlphabet[offset % kAlphabet.size()];
+namespace {
+constexpr std::string_view kAlphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-\n";
+static_assert(kAlphabet.size() == 64);
+}  // namespace
+
+char pattern_byte(std::uint64_t offset) { return kAlphabet[offset % kAlphabet.size()]; }
+
+void GeneratedBody::append_to(std::string& out, std::size_t max) {
+    std::uint64_t n = std::min<std::uint64_t>(max, remaining());
+    out.reserve(out.size() + n);
+    // The pattern repeats every 64 bytes: copy runs of the alphabet, not bytes.
+    while (n > 0) {
+        const std::size_t at = offset_ % kAlphabet.size();
+        const std::size_t run = static_cast<std::size_t>(std::min<std::uint64_t>(n, kAlphabet.size() - at));
+        out.append(kAlphabet.substr(at, run));
+        offset_ += run;
+        n -= run;
+    }
 }
 
 namespace {
@@ -371,12 +385,7 @@ Response handle(const Request& request, const common::Stats& stats) {
         if (!n) return bad_parameter("expected n=0..67108864");
         Response r;
         r.content_type = "application/octet-stream";
-        // The pattern repeats every 64 bytes: copy whole periods, not bytes.
-        std::string period(64, '\0');
-        for (std::size_t i = 0; i < period.size(); ++i) period[i] = pattern_byte(i);
-        r.body.reserve(static_cast<std::size_t>(*n) + period.size());
-        while (r.body.size() < static_cast<std::size_t>(*n)) r.body += period;
-        r.body.resize(static_cast<std::size_t>(*n));
+        r.generated = GeneratedBody(0, static_cast<std::uint64_t>(*n));  // made as it is sent
         return r;
     }
     if (path == "/echo") {
@@ -402,11 +411,11 @@ Response handle(const Request& request, const common::Stats& stats) {
 Reply respond(ParseResult& result, common::Stats& stats) {
     stats.requests.fetch_add(1, std::memory_order_relaxed);
     if (result.kind == ParseResult::error)
-        return {serialize(error_response(result.error_status, result.error_text), false), true};
+        return {serialize(error_response(result.error_status, result.error_text), false), {}, true};
     Response response = handle(result.request, stats);
     // Asked after the handler ran: a stop that arrived during /sleep counts.
     const bool close = !result.request.keep_alive || response.close || common::stop_requested();
-    return {serialize(response, !close), close};
+    return {serialize(response, !close), response.generated, close};
 }
 
 }  // namespace http

@@ -73,10 +73,30 @@ private:
     ParseResult failed_;
 };
 
+// A body that is made as it is sent rather than held whole: the /bytes
+// pattern, from an offset on. A server appends the next piece to its output
+// whenever the output has room, so a response of 64 MiB costs a connection
+// no more memory than its output buffer, whatever the client reads.
+class GeneratedBody {
+public:
+    GeneratedBody() = default;
+    GeneratedBody(std::uint64_t offset, std::uint64_t size) : offset_(offset), end_(offset + size) {}
+
+    bool done() const { return offset_ == end_; }
+    std::uint64_t remaining() const { return end_ - offset_; }
+    // Appends the next min(max, remaining()) bytes to out.
+    void append_to(std::string& out, std::size_t max);
+
+private:
+    std::uint64_t offset_ = 0;
+    std::uint64_t end_ = 0;
+};
+
 struct Response {
     int status = 200;
     std::string content_type = "text/plain; charset=utf-8";
     std::string body;
+    GeneratedBody generated;      // sent after body (Content-Length counts both)
     std::vector<Header> headers;  // extra headers, such as Allow
     bool close = false;           // the connection must close after this response
 };
@@ -85,6 +105,7 @@ std::string_view reason_phrase(int status);
 
 // Status line, headers and body in one buffer, so one send() carries all of
 // it and Nagle's algorithm never holds the body back waiting for an ACK.
+// A generated body is not included: the caller sends it after these bytes.
 std::string serialize(const Response& response, bool keep_alive);
 
 // The router. /sleep and /work run inline: they block the calling thread,
@@ -96,9 +117,11 @@ Response error_response(int status, std::string_view text);
 
 // What a server sends for one parse result, and whether to close afterwards.
 // Counts the request in stats. A server that has been asked to stop answers
-// with "Connection: close".
+// with "Connection: close". bytes come first, then rest, made piece by piece
+// as the socket drains (a blocking server sends it with common::send_reply).
 struct Reply {
     std::string bytes;
+    GeneratedBody rest;
     bool close_after = false;
 };
 Reply respond(ParseResult& result, common::Stats& stats);

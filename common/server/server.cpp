@@ -285,6 +285,18 @@ bool send_all(int fd, std::string_view data, std::string_view peer) {
     return true;
 }
 
+bool send_reply(int fd, const http::Reply& reply, std::string_view peer) {
+    if (!send_all(fd, reply.bytes, peer)) return false;
+    http::GeneratedBody rest = reply.rest;
+    std::string piece;
+    while (!rest.done()) {
+        piece.clear();
+        rest.append_to(piece, kSendPiece);
+        if (!send_all(fd, piece, peer)) return false;
+    }
+    return true;
+}
+
 // ---- closing: the lingering close -------------------------------------------
 
 namespace {

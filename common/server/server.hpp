@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "fd.hpp"
+#include "http.hpp"
 #include "stop.hpp"
 
 namespace common {
@@ -88,6 +89,14 @@ Accepted accept_client(int listen_fd, int flags = 0);
 // never raises SIGPIPE (MSG_NOSIGNAL). Returns false if the peer is gone or
 // the send failed (logged, except for the ordinary EPIPE/ECONNRESET).
 bool send_all(int fd, std::string_view data, std::string_view peer);
+
+// How much of a generated body (http::Reply::rest) is made at a time: a
+// thread holds one piece, whatever the size of the response.
+inline constexpr std::size_t kSendPiece = 64 * 1024;
+
+// Sends a whole reply with send_all: its bytes, then its generated rest,
+// one piece of kSendPiece at a time.
+bool send_reply(int fd, const http::Reply& reply, std::string_view peer);
 
 // ---- closing: the lingering close (RFC 9112 section 9.6) ---------------------
 //

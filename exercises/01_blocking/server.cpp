@@ -33,7 +33,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats) {
         // Answer every complete request already received (pipelining) first.
         for (http::ParseResult r = parser.next(); r.kind != http::ParseResult::need_more; r = parser.next()) {
             http::Reply reply = http::respond(r, stats);
-            if (!common::send_all(fd, reply.bytes, peer)) return;
+            if (!common::send_reply(fd, reply, peer)) return;
             if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
         }
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks until bytes arrive

@@ -53,7 +53,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats, Request
             // "requests" does). fetch_add returns the total before ours.
             requests.shown.store(requests.total.fetch_add(1) + 1);
             http::Reply reply = http::respond(r, stats);
-            if (!common::send_all(fd, reply.bytes, peer)) return;
+            if (!common::send_reply(fd, reply, peer)) return;
             if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
         }
         ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);  // blocks until bytes arrive

@@ -47,7 +47,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats,
             // request: set r.request.keep_alive = false (for a complete request),
             // and http::respond answers with "Connection: close" and closes.
             http::Reply reply = http::respond(r, stats);
-            if (!common::send_all(fd, reply.bytes, peer)) return;
+            if (!common::send_reply(fd, reply, peer)) return;
             if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
             // TODO(lab 04): the reply above promised keep-alive, but others may
             // have started waiting while the request ran (a slow /sleep, say).

@@ -61,7 +61,7 @@ void serve_client(int fd, const std::string& peer, common::Stats& stats, const s
             //> // and http::respond answers with "Connection: close" and closes.
             // LAB END
             http::Reply reply = http::respond(r, stats);
-            if (!common::send_all(fd, reply.bytes, peer)) return;
+            if (!common::send_reply(fd, reply, peer)) return;
             if (reply.close_after) return;  // the caller closes, lingering (see server.hpp)
             // LAB BEGIN
             // Others started waiting while we handled the request (a slow

@@ -178,6 +178,7 @@ struct Connection {
     http::RequestParser parser{};
     std::string output{};  // response bytes not yet accepted by the kernel
     std::size_t output_sent = 0;
+    http::GeneratedBody rest{};  // the last response's generated body, still to be made
     bool close_after_output = false;
     State state = State::reading;
     bool waiting_for_turn = false;        // on the loop's ready list: it has work left
@@ -230,20 +231,27 @@ struct LoopCounters {
     std::atomic<std::uint64_t>& request_timeouts;  // requests cut at their deadline (--request-timeout)
 };
 
-// A client may pipeline many requests and never read: answering pauses at
-// this much pending output, so we never hold more than about one response.
+// A client may pipeline many requests, or ask for a huge body, and never
+// read: answering pauses at this much pending output, and a generated body
+// (/bytes) is made only up to it, so a connection holds about this much.
 constexpr std::size_t kOutputHighWater = 256 * 1024;
 
 // Turns complete requests into response bytes (handlers run right here, in
 // the loop's only thread), until the output reaches the high-water mark.
 // The other requests wait in the parser until the output is sent.
 void answer_requests(Connection& c, common::Stats& stats) {
-    while (!c.close_after_output && c.output.size() < kOutputHighWater) {
+    while (c.output.size() < kOutputHighWater) {
+        if (!c.rest.done()) {  // a big body is made piece by piece, as the output drains
+            c.rest.append_to(c.output, kOutputHighWater - c.output.size());
+            continue;
+        }
+        if (c.close_after_output) return;  // the last response: ignore anything pipelined after it
         http::ParseResult r = c.parser.next();
         if (r.kind == http::ParseResult::need_more) return;
         http::Reply reply = http::respond(r, stats);
         c.output += reply.bytes;
-        c.close_after_output = reply.close_after;  // then ignore anything pipelined after it
+        c.rest = reply.rest;
+        c.close_after_output = reply.close_after;
     }
 }
 
@@ -272,7 +280,7 @@ bool flush_output(Connection& c) {
     }
     c.output.clear();
     c.output_sent = 0;
-    if (c.close_after_output) start_lingering(c);
+    if (c.close_after_output && c.rest.done()) start_lingering(c);
     return true;
 }
 
