@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "stop.hpp"
 
@@ -54,6 +55,42 @@ std::optional<std::uint64_t> parse_digits(std::string_view s) {
     auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
     if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
     return value;
+}
+
+bool is_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+// uri-host [ ":" port ] (RFC 9110 section 7.2, RFC 3986 section 3.2.2): a
+// bracketed IP literal, or a registered name or IPv4 address, then an
+// optional port of digits. An empty value is valid: it says the target has
+// no authority.
+bool is_valid_host(std::string_view value) {
+    std::string_view port;
+    if (value.starts_with('[')) {
+        const std::size_t close = value.find(']');
+        if (close == std::string_view::npos) return false;
+        const std::string_view literal = value.substr(1, close - 1);
+        if (literal.empty() ||
+            !std::all_of(literal.begin(), literal.end(), [](char c) { return is_hex(c) || c == ':' || c == '.'; }))
+            return false;
+        value.remove_prefix(close + 1);
+        if (!value.empty() && value.front() != ':') return false;
+        port = value.empty() ? value : value.substr(1);
+    } else {
+        const std::size_t colon = value.find(':');
+        const std::string_view name = value.substr(0, colon);
+        for (std::size_t i = 0; i < name.size(); ++i) {
+            const char c = name[i];
+            if (c == '%') {  // pct-encoded
+                if (i + 2 >= name.size() || !is_hex(name[i + 1]) || !is_hex(name[i + 2])) return false;
+                i += 2;
+            } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                         std::string_view("-._~!$&'()*+,;=").find(c) != std::string_view::npos)) {
+                return false;
+            }
+        }
+        port = colon == std::string_view::npos ? std::string_view() : value.substr(colon + 1);
+    }
+    return std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 }  // namespace
@@ -145,6 +182,13 @@ ParseResult RequestParser::next() {
         return done;
     }
     in_body_ = true;
+    // The client waits for a "100 Continue" before it sends the body; if the
+    // body came anyway, the final response is answer enough.
+    if (std::exchange(expect_continue_, false) && buffered() < body_length_) {
+        ParseResult go_on;
+        go_on.kind = ParseResult::interim;
+        return go_on;
+    }
     return take_body();
 }
 
@@ -186,23 +230,39 @@ ParseResult RequestParser::parse_head(std::string_view head) {
     std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
     std::string_view version = line.substr(sp2 + 1);
     if (!is_token(method)) return fail(400, "malformed method");
-    if (target.empty() || target.front() != '/' ||
-        std::any_of(target.begin(), target.end(), [](char c) { return c <= ' ' || c == 0x7f; }))
+    if (target.empty() || std::any_of(target.begin(), target.end(), [](char c) { return c <= ' ' || c == 0x7f; }))
         return fail(400, "malformed request target");
+    // origin-form "/path?query", or absolute-form "http://host/path?query",
+    // which a server MUST accept (RFC 9112 section 3.2.2).
+    std::string_view path_and_query = target;
+    if (target.front() != '/') {
+        const std::size_t scheme_end = target.find("://");
+        if (scheme_end == std::string_view::npos ||
+            !(iequals(target.substr(0, scheme_end), "http") || iequals(target.substr(0, scheme_end), "https")))
+            return fail(400, "malformed request target");
+        std::string_view rest = target.substr(scheme_end + 3);
+        const std::size_t path_start = rest.find_first_of("/?");
+        const std::string_view authority = rest.substr(0, path_start);
+        if (authority.empty() || !is_valid_host(authority)) return fail(400, "malformed authority in the request target");
+        path_and_query = path_start == std::string_view::npos ? std::string_view() : rest.substr(path_start);
+    }
     if (version.size() != 8 || version.substr(0, 5) != "HTTP/" || version[6] != '.' ||
         version[5] < '0' || version[5] > '9' || version[7] < '0' || version[7] > '9')
         return fail(400, "malformed HTTP version");
     if (version[5] != '1') return fail(505, "only HTTP/1.x is supported");
     request.method = std::string(method);
     request.target = std::string(target);
-    std::size_t question = target.find('?');
-    request.path = std::string(target.substr(0, question));
-    if (question != std::string_view::npos) request.query = std::string(target.substr(question + 1));
+    std::size_t question = path_and_query.find('?');
+    request.path = std::string(path_and_query.substr(0, question));
+    if (request.path.empty()) request.path = "/";  // "http://host" or "http://host?q"
+    if (question != std::string_view::npos) request.query = std::string(path_and_query.substr(question + 1));
     request.minor_version = version[7] - '0';
 
     // Header fields.
     std::optional<std::uint64_t> content_length;
     bool keep_alive = request.minor_version >= 1;
+    int hosts = 0;
+    bool expect_continue = false;
     for (std::size_t k = 1; k < lines.size(); ++k) {
         std::string_view field = lines[k];
         if (field.front() == ' ' || field.front() == '\t') return fail(400, "obsolete header line folding");
@@ -220,6 +280,15 @@ ParseResult RequestParser::parse_head(std::string_view head) {
             // Chunked bodies are out of this project's scope; guessing the body's
             // end wrongly would desynchronise the connection (request smuggling).
             return fail(501, "Transfer-Encoding is not supported");
+        } else if (iequals(name, "Host")) {
+            // RFC 9112 section 3.2: 400 for more than one, or an invalid one.
+            if (++hosts > 1) return fail(400, "more than one Host header");
+            if (!is_valid_host(value)) return fail(400, "invalid Host header");
+        } else if (iequals(name, "Expect")) {
+            // 100-continue is the only expectation there is (RFC 9110 section
+            // 10.1.1); an HTTP/1.0 client cannot know it, so it is ignored there.
+            if (!iequals(value, "100-continue")) return fail(417, "only Expect: 100-continue is supported");
+            expect_continue = request.minor_version >= 1;
         } else if (iequals(name, "Connection")) {
             for_each_list_item(value, [&](std::string_view option) {
                 if (iequals(option, "close")) keep_alive = false;
@@ -235,9 +304,12 @@ ParseResult RequestParser::parse_head(std::string_view head) {
                 if (iequals(option, "close")) keep_alive = false;
             });
     request.keep_alive = keep_alive;
+    // Even with an absolute-form target, which then overrides it.
+    if (request.minor_version >= 1 && hosts == 0) return fail(400, "an HTTP/1.1 request needs a Host header");
 
     if (content_length && *content_length > kMaxBodyBytes) return fail(413, "request body is over 1 MiB");
     body_length_ = content_length.value_or(0);
+    expect_continue_ = expect_continue;
     pending_ = std::move(request);
     ParseResult ok;
     ok.kind = ParseResult::complete;
@@ -248,6 +320,7 @@ ParseResult RequestParser::parse_head(std::string_view head) {
 
 std::string_view reason_phrase(int status) {
     switch (status) {
+        case 100: return "Continue";
         case 200: return "OK";
         case 400: return "Bad Request";
         case 404: return "Not Found";
@@ -255,6 +328,7 @@ std::string_view reason_phrase(int status) {
         case 408: return "Request Timeout";
         case 413: return "Content Too Large";
         case 414: return "URI Too Long";
+        case 417: return "Expectation Failed";
         case 431: return "Request Header Fields Too Large";
         case 500: return "Internal Server Error";
         case 501: return "Not Implemented";
@@ -362,15 +436,30 @@ void burn_cpu(std::chrono::milliseconds amount) {
 
 }  // namespace
 
+// The methods RFC 9110 section 9 defines, and PATCH (RFC 5789): a route may
+// not take them (405), but they are known (any other method is 501).
+bool is_known_method(std::string_view method) {
+    for (std::string_view known : {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+        if (method == known) return true;
+    return false;
+}
+
 Response handle(const Request& request, const common::Stats& stats) {
     const std::string& path = request.path;
-    const bool get = request.method == "GET";
+    if (!is_known_method(request.method)) {
+        Response r;
+        r.status = 501;
+        r.body = "Not Implemented: unknown method\n";
+        return r;
+    }
+    // Every general-purpose server supports GET and HEAD (RFC 9110 section 9.1).
+    const bool get = request.method == "GET" || request.method == "HEAD";
     if (path == "/") {
-        if (!get) return method_not_allowed("GET");
+        if (!get) return method_not_allowed("GET, HEAD");
         return text("Hello from the concurrent-servers tutorial!\n");
     }
     if (path == "/sleep" || path == "/work") {
-        if (!get) return method_not_allowed("GET");
+        if (!get) return method_not_allowed("GET, HEAD");
         std::optional<long> ms = query_number(request.query, "ms", 0, kMaxDelayMs);
         if (!ms) return bad_parameter("expected ms=0..10000");
         if (path == "/sleep")
@@ -380,7 +469,7 @@ Response handle(const Request& request, const common::Stats& stats) {
         return text(path.substr(1) + " " + std::to_string(*ms) + " ms\n");
     }
     if (path == "/bytes") {
-        if (!get) return method_not_allowed("GET");
+        if (!get) return method_not_allowed("GET, HEAD");
         std::optional<long> n = query_number(request.query, "n", 0, kMaxBytesResponse);
         if (!n) return bad_parameter("expected n=0..67108864");
         Response r;
@@ -396,7 +485,7 @@ Response handle(const Request& request, const common::Stats& stats) {
         return r;
     }
     if (path == "/stats") {
-        if (!get) return method_not_allowed("GET");
+        if (!get) return method_not_allowed("GET, HEAD");
         Response r;
         r.content_type = "application/json";
         r.body = stats.to_json();
@@ -409,13 +498,21 @@ Response handle(const Request& request, const common::Stats& stats) {
 }
 
 Reply respond(ParseResult& result, common::Stats& stats) {
+    // Not a response to the request, only leave to send its body: not counted.
+    if (result.kind == ParseResult::interim) return {"HTTP/1.1 100 Continue\r\n\r\n", {}, false};
     stats.requests.fetch_add(1, std::memory_order_relaxed);
     if (result.kind == ParseResult::error)
         return {serialize(error_response(result.error_status, result.error_text), false), {}, true};
     Response response = handle(result.request, stats);
     // Asked after the handler ran: a stop that arrived during /sleep counts.
     const bool close = !result.request.keep_alive || response.close || common::stop_requested();
-    return {serialize(response, !close), response.generated, close};
+    std::string bytes = serialize(response, !close);
+    if (result.request.method == "HEAD") {
+        // The head GET would send, Content-Length included, and no body (RFC 9110 section 9.3.2).
+        bytes.resize(bytes.size() - response.body.size());
+        return {std::move(bytes), {}, close};
+    }
+    return {std::move(bytes), response.generated, close};
 }
 
 }  // namespace http

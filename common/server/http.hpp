@@ -25,7 +25,7 @@ struct Header {
 
 struct Request {
     std::string method;
-    std::string target;  // as sent, "/sleep?ms=100"
+    std::string target;  // as sent, "/sleep?ms=100" or "http://host/sleep?ms=100"
     std::string path;    // "/sleep"
     std::string query;   // "ms=100"
     int minor_version = 1;
@@ -38,10 +38,13 @@ struct Request {
 };
 
 struct ParseResult {
-    enum Kind { need_more, complete, error };
+    // interim: the head of a request with "Expect: 100-continue" is here and
+    // its body is not; respond() makes that "100 Continue", so the client
+    // sends the body (RFC 9110 section 10.1.1). Then call next() again.
+    enum Kind { need_more, complete, error, interim };
     Kind kind = need_more;
     Request request;         // when kind == complete
-    int error_status = 0;    // when kind == error: 400, 413, 414, 431, 501 or 505
+    int error_status = 0;    // when kind == error: 400, 413, 414, 417, 431, 501 or 505
     std::string error_text;  // why, for the response body
 };
 
@@ -69,6 +72,7 @@ private:
     std::size_t scan_ = 0;   // where to resume looking for the blank line, relative to start_
     bool in_body_ = false;
     std::size_t body_length_ = 0;
+    bool expect_continue_ = false;  // the pending request asked for "100 Continue"
     Request pending_;  // head parsed, body still arriving
     ParseResult failed_;
 };
@@ -109,7 +113,9 @@ std::string_view reason_phrase(int status);
 std::string serialize(const Response& response, bool keep_alive);
 
 // The router. /sleep and /work run inline: they block the calling thread,
-// which is exactly what the chapters want to show.
+// which is exactly what the chapters want to show. HEAD is answered as GET
+// (respond() leaves the body out); a method no route takes is 405 with Allow,
+// a method this server does not know at all is 501.
 Response handle(const Request& request, const common::Stats& stats);
 
 // A response for a request the parser rejected; it always closes.

@@ -170,7 +170,7 @@ TEST_CASE("the routes of the contract", "[behaviour]") {
         http::ClientResponse r = c.request("DELETE / HTTP/1.1\r\nHost: test\r\n\r\n");
         CHECK(r.status == 405);
         REQUIRE(r.header("Allow") != nullptr);
-        CHECK(*r.header("Allow") == "GET");
+        CHECK(*r.header("Allow") == "GET, HEAD");
         r = c.request(get_request("/echo"));
         CHECK(r.status == 405);
         REQUIRE(r.header("Allow") != nullptr);
@@ -183,6 +183,69 @@ TEST_CASE("the routes of the contract", "[behaviour]") {
         CHECK(get(port, "/bytes?n=-1").status == 400);
         CHECK(get(port, "/bytes?n=67108865").status == 400);
     }
+}
+
+TEST_CASE("HEAD is served without a body and absolute-form targets are served; an unknown method is 501", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    // HEAD gets GET's head, Content-Length included, and no body: the next
+    // response follows the blank line at once.
+    c.send("HEAD /bytes?n=1000000 HTTP/1.1\r\nHost: test\r\n\r\n"
+           "GET http://test/sleep?ms=0 HTTP/1.1\r\nHost: test\r\n\r\n"
+           "BREW / HTTP/1.1\r\nHost: test\r\n\r\n"
+           "HEAD / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    const Received r = read_until_closed(c, 10s, [](std::size_t) {});
+    INFO("received:\n" << r.bytes.substr(0, 2000));
+    CHECK_FALSE(r.reset);
+    std::vector<std::string> heads;  // each response, which has no body unless it says so
+    std::size_t at = 0;
+    while (at < r.bytes.size()) {
+        const std::size_t end = r.bytes.find("\r\n\r\n", at);
+        REQUIRE(end != std::string::npos);
+        std::string head = r.bytes.substr(at, end + 4 - at);
+        at = end + 4;
+        const bool is_head_response = heads.size() == 0 || heads.size() == 3;
+        if (!is_head_response) {
+            const std::size_t cl = head.find("Content-Length: ");
+            REQUIRE(cl != std::string::npos);
+            at += std::stoul(head.substr(cl + 16));
+        }
+        heads.push_back(std::move(head));
+    }
+    REQUIRE(heads.size() == 4);
+    CHECK(heads[0].starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(heads[0].find("\r\nContent-Length: 1000000\r\n") != std::string::npos);
+    CHECK(heads[1].starts_with("HTTP/1.1 200 OK\r\n"));  // GET http://test/sleep: an absolute-form target
+    CHECK(heads[2].starts_with("HTTP/1.1 501 Not Implemented\r\n"));
+    CHECK(heads[3].starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(at == r.bytes.size());
+    check_still_serving(server);
+}
+
+TEST_CASE("Expect: 100-continue: the server says 100 Continue before the client sends the body", "[behaviour]") {
+    ServerProcess server;
+    Client c(server.port());
+    c.send("POST /echo HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    // curl waits a second for it, then sends the body anyway: wait longer
+    // than that, so that a server that ignores the expectation fails here.
+    std::string interim;
+    const Clock::time_point deadline = Clock::now() + scaled(5s);
+    while (interim.find("\r\n\r\n") == std::string::npos && Clock::now() < deadline) {
+        pollfd readable{c.fd(), POLLIN, 0};
+        if (::poll(&readable, 1, 50) <= 0) continue;
+        char byte;
+        const ssize_t n = ::recv(c.fd(), &byte, 1, 0);  // one byte at a time: leave the final response unread
+        if (n <= 0) break;
+        interim += byte;
+    }
+    CHECK(interim == "HTTP/1.1 100 Continue\r\n\r\n");
+    c.send("hello");
+    std::optional<http::ClientResponse> r = c.read_response(10s);
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    CHECK(r->body == "hello");
+    c.close();
+    check_still_serving(server);
 }
 
 TEST_CASE("keep-alive: HTTP/1.1 stays open until Connection: close", "[behaviour]") {
@@ -253,7 +316,7 @@ TEST_CASE("hostile input gets an error and a close, and harms nobody", "[behavio
         expected = 400;
     }
     SECTION("a header block over 8 KiB") {
-        input = "GET / HTTP/1.1\r\nX-Big: " + std::string(9000, 'a') + "\r\n\r\n";
+        input = "GET / HTTP/1.1\r\nHost: test\r\nX-Big: " + std::string(9000, 'a') + "\r\n\r\n";
         expected = 431;
     }
     SECTION("an endless request line") {
@@ -261,24 +324,40 @@ TEST_CASE("hostile input gets an error and a close, and harms nobody", "[behavio
         expected = 414;  // the target is what is too long
     }
     SECTION("an invalid Content-Length") {
-        input = "POST /echo HTTP/1.1\r\nContent-Length: 12abc\r\n\r\n";
+        input = "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 12abc\r\n\r\n";
         expected = 400;
     }
     SECTION("conflicting Content-Lengths") {
-        input = "POST /echo HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+        input = "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
         expected = 400;
     }
     SECTION("Transfer-Encoding") {
-        input = "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        input = "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         expected = 501;
     }
     SECTION("a body over 1 MiB") {
-        input = "POST /echo HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n" + std::string(1000, 'b');
+        input = "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 2000000\r\n\r\n" + std::string(1000, 'b');
         expected = 413;
     }
     SECTION("HTTP/2.0 on the request line") {
         input = "GET / HTTP/2.0\r\n\r\n";
         expected = 505;
+    }
+    SECTION("an HTTP/1.1 request without Host") {
+        input = "GET / HTTP/1.1\r\n\r\n";
+        expected = 400;  // RFC 9112 section 3.2, as for the next two
+    }
+    SECTION("two Host headers") {
+        input = "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+        expected = 400;
+    }
+    SECTION("an invalid Host") {
+        input = "GET / HTTP/1.1\r\nHost: a b\r\n\r\n";
+        expected = 400;
+    }
+    SECTION("an expectation other than 100-continue") {
+        input = "POST /echo HTTP/1.1\r\nHost: test\r\nExpect: 200-ok\r\nContent-Length: 5\r\n\r\n";
+        expected = 417;
     }
     {
         Client c(server.port());
@@ -320,7 +399,7 @@ TEST_CASE("a client that resets or leaves before its response harms nobody", "[b
     }
     SECTION("reset in the middle of a request") {
         Client c(server.port());
-        c.send("POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly part of it");
+        c.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nonly part of it");
         c.reset();
     }
     check_still_serving(server);

@@ -127,7 +127,7 @@ int interleaved_byte_by_byte_clients(std::uint16_t port, int n) {
     for (int i = 0; i < n; ++i) {
         clients.push_back(std::make_unique<Client>(port));
         const std::string body = "client " + std::to_string(i);
-        requests.push_back("POST /echo HTTP/1.1\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+        requests.push_back("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
         longest = std::max(longest, requests.back().size());
     }
     for (std::size_t pos = 0; pos < longest; ++pos)
