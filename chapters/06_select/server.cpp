@@ -191,6 +191,9 @@ int main(int argc, char** argv) {
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
 
+        // The stop signals get in only while the loop waits (stop.hpp): one that
+        // comes after the stop check below waits for the next wait, which it ends.
+        const sigset_t wait_mask = common::block_stop_signals();
         // ANCHOR: loop
         for (;;) {
             const bool stopping = common::stop_requested();
@@ -226,11 +229,14 @@ int main(int argc, char** argv) {
             // ANCHOR: select_call
             std::optional<timeval> timeout;  // none: sleep until a socket is ready
             if (const int ms = wait_ms(connections, stopping); ms >= 0) timeout = timeval{ms / 1000, ms % 1000 * 1000};
-            const int ready = ::select(max_fd + 1, &readable, &writable, nullptr, timeout ? &*timeout : nullptr);
+            std::optional<timespec> wait_for;  // pselect counts in nanoseconds
+            if (timeout) wait_for = timespec{timeout->tv_sec, timeout->tv_usec * 1000};
+            const int ready =
+                ::pselect(max_fd + 1, &readable, &writable, nullptr, wait_for ? &*wait_for : nullptr, &wait_mask);
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
-                common::throw_errno("select");
+                common::throw_errno("pselect");
             }
             // ANCHOR_END: select_call
             // ANCHOR: dispatch

@@ -174,6 +174,9 @@ int main(int argc, char** argv) {
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
 
+        // The stop signals get in only while the loop waits (stop.hpp): one that
+        // comes after the stop check below waits for the next wait, which it ends.
+        const sigset_t wait_mask = common::block_stop_signals();
         // ANCHOR: loop
         for (;;) {
             const bool stopping = common::stop_requested();
@@ -195,12 +198,14 @@ int main(int argc, char** argv) {
             interest.push_back({stopping ? -1 : listener.get(), POLLIN, 0});  // fd -1: ignored by poll
             for (auto& c : connections)
                 interest.push_back({c->fd.get(), static_cast<short>(c->output.empty() ? POLLIN : POLLOUT), 0});
-            const int ready = ::poll(interest.data(), interest.size(), wait_ms(connections, stopping));  // sleeps
+            const int ms = wait_ms(connections, stopping);
+            const timespec timeout{ms / 1000, ms % 1000 * 1'000'000L};  // ppoll counts in nanoseconds
+            const int ready = ::ppoll(interest.data(), interest.size(), ms < 0 ? nullptr : &timeout, &wait_mask);  // sleeps
             // ANCHOR_END: interest
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
-                common::throw_errno("poll");
+                common::throw_errno("ppoll");
             }
             // ANCHOR: scan
             // Scan every entry for the few that are ready: O(n) per wake-up.

@@ -313,6 +313,9 @@ public:
     // ANCHOR: loop
     // Until a stop is requested and the responses in progress are out.
     void run() {
+        // The stop signals get in only while the loop waits (stop.hpp): one that
+        // comes after the stop check below waits for the next wait, which it ends.
+        const sigset_t wait_mask = common::block_stop_signals();
         for (;;) {
             if (common::stop_requested() && wind_down()) return;
             // ANCHOR: wait
@@ -320,7 +323,8 @@ public:
             // at all while our own ready list has work.
             std::array<epoll_event, 256> events;
             const int wait_ms = ready_list_.empty() ? first_deadline_ms() : 0;
-            const int ready = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), wait_ms);
+            const int ready =
+                ::epoll_pwait(epoll_.get(), events.data(), static_cast<int>(events.size()), wait_ms, &wait_mask);
             // ANCHOR_END: wait
             const SteadyClock::time_point woke = SteadyClock::now();
             counters_.wakeups.fetch_add(1, std::memory_order_relaxed);
@@ -328,7 +332,7 @@ public:
                 counters_.timer_wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
-                common::throw_errno("epoll_wait");
+                common::throw_errno("epoll_pwait");
             }
             counters_.events.fetch_add(static_cast<std::uint64_t>(ready), std::memory_order_relaxed);
             // ANCHOR: dispatch

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <string>
 
@@ -48,5 +49,20 @@ void install_stop_handlers() {
 }
 
 bool stop_requested() noexcept { return g_stop.load(); }
+
+sigset_t block_stop_signals() {
+    sigset_t stop_signals, previous;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    // pthread_sigmask returns the error instead of setting errno.
+    if (const int error = ::pthread_sigmask(SIG_BLOCK, &stop_signals, &previous); error != 0) {
+        errno = error;
+        throw_errno("pthread_sigmask SIG_BLOCK SIGINT SIGTERM");
+    }
+    sigdelset(&previous, SIGINT);
+    sigdelset(&previous, SIGTERM);
+    return previous;  // as before, with the stop signals let in
+}
 
 }  // namespace common

@@ -17,13 +17,23 @@ namespace common {
 // so a thread blocked in accept, recv or poll returns with EINTR and can look
 // at the flag. They also start a grace timer: if the server has not finished
 // its in-flight responses within kStopGraceSeconds, it exits 0 anyway.
-// The timer also closes a gap: a signal that arrives after a loop checked
+// The timer also bounds a gap: a signal that arrives after a loop checked
 // stop_requested() but before it blocked in accept() or recv() interrupts
-// nothing. Closing that gap exactly takes pselect, ppoll, epoll_pwait or a
-// signalfd; the chapters that do not use one rely on the timer.
+// nothing, and the stop waits for the timer. accept() and recv() have no
+// variant that changes the signal mask as it blocks, so the blocking
+// chapters (01-04) keep that gap and rely on the timer; the event loops
+// (06-09) close it with block_stop_signals and pselect, ppoll or epoll_pwait.
 inline constexpr unsigned kStopGraceSeconds = 2;
 void install_stop_handlers();
 bool stop_requested() noexcept;
+
+// For a loop that waits in pselect, ppoll or epoll_pwait: blocks SIGINT and
+// SIGTERM in the calling thread and returns the mask to wait with, which
+// lets them in. A stop signal is then delivered only while the loop waits,
+// and ends the wait with EINTR; one that comes while the loop works stays
+// pending until the next wait, which returns at once. Between the check of
+// stop_requested() and the wait, nothing can be lost.
+sigset_t block_stop_signals();
 
 // Starts a thread with SIGINT and SIGTERM blocked. The kernel delivers a
 // process-directed signal to any thread that does not block it; this way it

@@ -707,6 +707,22 @@ TEST_CASE("SIGTERM with an idle keep-alive client exits 0 promptly", "[behaviour
     CHECK(to_ms(took) < to_ms(scaled(3s)));  // the grace period is 2 s
 }
 
+TEST_CASE("an idle server stopped right after it starts exits at once, twenty times in a row", "[behaviour]") {
+    // A SIGTERM that lands after the loop looked at the stop flag and before
+    // it blocked would be noticed only when the grace timer fires, 2 s later,
+    // with "grace period expired" on stderr (the event loops close that gap
+    // with pselect, ppoll and epoll_pwait; see stop.hpp).
+    for (int i = 0; i < 20; ++i) {
+        ServerProcess server;
+        Clock::duration took{};
+        const int status = server.stop(10s, &took);
+        INFO("stop " << i + 1 << " took " << to_ms(took) << " ms; server log:\n" << server.log());
+        REQUIRE(describe_status(status) == "exited with 0");
+        REQUIRE(server.log().find("grace period expired") == std::string::npos);
+        REQUIRE(to_ms(took) < to_ms(scaled(1s)));  // the grace period is 2 s
+    }
+}
+
 TEST_CASE("SIGTERM lets a response in progress finish", "[behaviour]") {
     ServerProcess server;
     Client c(server.port());

@@ -240,6 +240,9 @@ int main(int argc, char** argv) {
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
 
+        // The stop signals get in only while the loop waits (stop.hpp): one that
+        // comes after the stop check below waits for the next wait, which it ends.
+        const sigset_t wait_mask = common::block_stop_signals();
         for (;;) {
             const bool stopping = common::stop_requested();
             // Lingering clients that took too long are closed; at a stop, the
@@ -280,11 +283,14 @@ int main(int argc, char** argv) {
             //> // negative. If `timeout` is empty or later, put that time in it instead.
             //> // With no client, leave `timeout` as it is.
             // LAB END
-            const int ready = ::select(max_fd + 1, &readable, &writable, nullptr, timeout ? &*timeout : nullptr);
+            std::optional<timespec> wait_for;  // pselect counts in nanoseconds
+            if (timeout) wait_for = timespec{timeout->tv_sec, timeout->tv_usec * 1000};
+            const int ready =
+                ::pselect(max_fd + 1, &readable, &writable, nullptr, wait_for ? &*wait_for : nullptr, &wait_mask);
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
-                common::throw_errno("select");
+                common::throw_errno("pselect");
             }
             // LAB BEGIN
             const SteadyClock::time_point now = SteadyClock::now();

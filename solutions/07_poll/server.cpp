@@ -235,6 +235,9 @@ int main(int argc, char** argv) {
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
 
+        // The stop signals get in only while the loop waits (stop.hpp): one that
+        // comes after the stop check below waits for the next wait, which it ends.
+        const sigset_t wait_mask = common::block_stop_signals();
         for (;;) {
             const bool stopping = common::stop_requested();
             // Lingering clients that took too long are closed; at a stop, the
@@ -265,11 +268,12 @@ int main(int argc, char** argv) {
             //> // clients with a request in progress: in milliseconds, rounded up and never
             //> // negative. If timeout_ms is -1 (none) or later, put that time in it instead.
             // LAB END
-            const int ready = ::poll(interest.data(), interest.size(), timeout_ms);
+            const timespec timeout{timeout_ms / 1000, timeout_ms % 1000 * 1'000'000L};  // ppoll counts in nanoseconds
+            const int ready = ::ppoll(interest.data(), interest.size(), timeout_ms < 0 ? nullptr : &timeout, &wait_mask);
             counters.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
-                common::throw_errno("poll");
+                common::throw_errno("ppoll");
             }
             // Scan every entry for the few that are ready: O(n) per wake-up.
             // (New clients are accepted after the scan, so indexes still match.)

@@ -226,6 +226,9 @@ public:
 
     // Until a stop is requested and the responses in progress are out.
     void run() {
+        // The stop signals get in only while the loop waits (stop.hpp): one that
+        // comes after the stop check below waits for the next wait, which it ends.
+        const sigset_t wait_mask = common::block_stop_signals();
         for (;;) {
             const bool stopping = common::stop_requested();
             // LAB BEGIN
@@ -250,12 +253,12 @@ public:
             // No interest to build: the kernel keeps it. Only ready sockets come back.
             std::array<epoll_event, 256> events;
             // Sleeps until a socket is ready or the first lingering deadline.
-            const int ready = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()),
-                                           lingering_.wait_ms(common::stop_requested()));
+            const int ready = ::epoll_pwait(epoll_.get(), events.data(), static_cast<int>(events.size()),
+                                            lingering_.wait_ms(common::stop_requested()), &wait_mask);
             counters_.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
-                common::throw_errno("epoll_wait");
+                common::throw_errno("epoll_pwait");
             }
             counters_.events.fetch_add(static_cast<std::uint64_t>(ready), std::memory_order_relaxed);
             // Visit only the ready ones: O(ready) per wake-up, however many are connected.

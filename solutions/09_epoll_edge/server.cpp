@@ -452,6 +452,9 @@ public:
 
     // Until a stop is requested and the responses in progress are out.
     void run() {
+        // The stop signals get in only while the loop waits (stop.hpp): one that
+        // comes after the stop check below waits for the next wait, which it ends.
+        const sigset_t wait_mask = common::block_stop_signals();
         for (;;) {
             if (common::stop_requested() && wind_down()) return;
             // Sleep until a socket changes or the first idle deadline, but not
@@ -466,14 +469,15 @@ public:
             //> // "no deadline" (not "the smallest").
             //> const int wait_ms = ready_list_.empty() ? first_deadline_ms() : 0;
             // LAB END
-            const int ready = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), wait_ms);
+            const int ready =
+                ::epoll_pwait(epoll_.get(), events.data(), static_cast<int>(events.size()), wait_ms, &wait_mask);
             const SteadyClock::time_point woke = SteadyClock::now();
             counters_.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready == 0 && ready_list_.empty() && wait_ms >= 0)
                 counters_.timer_wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
-                common::throw_errno("epoll_wait");
+                common::throw_errno("epoll_pwait");
             }
             counters_.events.fetch_add(static_cast<std::uint64_t>(ready), std::memory_order_relaxed);
             // The new reports first, then the connections that were waiting
