@@ -20,6 +20,10 @@ namespace {
 std::atomic<bool> g_stop{false};
 static_assert(std::atomic<bool>::is_always_lock_free);
 
+// Set in a thread that called block_stop_signals: there, a stop signal may
+// be pending, not yet handled.
+thread_local bool t_stop_signals_blocked = false;
+
 void on_stop_signal(int) {
     if (!g_stop.exchange(true)) alarm(kStopGraceSeconds);  // alarm(2) is async-signal-safe
 }
@@ -48,7 +52,16 @@ void install_stop_handlers() {
     install(SIGALRM, on_grace_expired);
 }
 
-bool stop_requested() noexcept { return g_stop.load(); }
+bool stop_requested() noexcept {
+    if (g_stop.load()) return true;
+    if (!t_stop_signals_blocked) return false;
+    // A loop that blocks the stop signals outside its wait may be running a
+    // handler when one comes: it is pending until the next wait, but the
+    // response being made should already say "Connection: close".
+    sigset_t pending;
+    if (::sigpending(&pending) != 0) return false;
+    return sigismember(&pending, SIGINT) == 1 || sigismember(&pending, SIGTERM) == 1;
+}
 
 sigset_t block_stop_signals() {
     sigset_t stop_signals, previous;
@@ -60,6 +73,7 @@ sigset_t block_stop_signals() {
         errno = error;
         throw_errno("pthread_sigmask SIG_BLOCK SIGINT SIGTERM");
     }
+    t_stop_signals_blocked = true;
     sigdelset(&previous, SIGINT);
     sigdelset(&previous, SIGTERM);
     return previous;  // as before, with the stop signals let in

@@ -32,7 +32,9 @@ bool stop_requested() noexcept;
 // lets them in. A stop signal is then delivered only while the loop waits,
 // and ends the wait with EINTR; one that comes while the loop works stays
 // pending until the next wait, which returns at once. Between the check of
-// stop_requested() and the wait, nothing can be lost.
+// stop_requested() and the wait, nothing can be lost. In such a thread,
+// stop_requested() also counts a stop signal that is pending (sigpending),
+// so that a response made meanwhile already closes the connection.
 sigset_t block_stop_signals();
 
 // Starts a thread with SIGINT and SIGTERM blocked. The kernel delivers a
