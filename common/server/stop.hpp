@@ -21,8 +21,11 @@ namespace common {
 // stop_requested() but before it blocked in accept() or recv() interrupts
 // nothing, and the stop waits for the timer. accept() and recv() have no
 // variant that changes the signal mask as it blocks, so the blocking
-// chapters (01-04) keep that gap and rely on the timer; the event loops
-// (06-09) close it with block_stop_signals and pselect, ppoll or epoll_pwait.
+// chapters (01-04) keep that gap and rely on the timer (closing it there
+// takes a signalfd or a self-pipe watched by poll: the event loops' tool);
+// the event loops (06-09) close it with block_stop_signals and pselect, ppoll
+// or epoll_pwait. The busy loop (05) never blocks, so it has no gap and
+// blocks no signal: it sees the flag at the top of its next round.
 inline constexpr unsigned kStopGraceSeconds = 2;
 void install_stop_handlers();
 bool stop_requested() noexcept;

@@ -707,19 +707,40 @@ TEST_CASE("SIGTERM with an idle keep-alive client exits 0 promptly", "[behaviour
     CHECK(to_ms(took) < to_ms(scaled(3s)));  // the grace period is 2 s
 }
 
+// The models whose loop blocks in accept() or recv(), calls that take no
+// signal mask: a stop signal that comes after they looked at the stop flag and
+// before they blocked is lost until the grace timer ends the server
+// (stop.hpp). Rare (about 1 start in 7,000 with a busy core), but real. Every
+// other model, later chapters' included, must never lose one.
+static bool may_lose_a_stop_signal(const std::string& model) {
+    static const std::set<std::string> blocking{"blocking", "fork", "thread_per_connection", "thread_pool"};
+    return blocking.count(model) != 0;
+}
+
 TEST_CASE("an idle server stopped right after it starts exits at once, twenty times in a row", "[behaviour]") {
-    // A SIGTERM that lands after the loop looked at the stop flag and before
-    // it blocked would be noticed only when the grace timer fires, 2 s later,
-    // with "grace period expired" on stderr (the event loops close that gap
-    // with pselect, ppoll and epoll_pwait; see stop.hpp).
+    std::string model;
+    {
+        ServerProcess server;
+        model = stats_model(server.port());
+        REQUIRE(describe_status(server.stop(10s)) == "exited with 0");
+    }
+    // A SIGTERM sent as soon as the ready line is read lands while the server
+    // goes from announcing itself to its first wait: across the gap, if it has
+    // one. Lost there, it is noticed only when the grace timer fires, 2 s
+    // later, with "grace period expired" on stderr.
+    const bool may_lose = may_lose_a_stop_signal(model);
     for (int i = 0; i < 20; ++i) {
         ServerProcess server;
         Clock::duration took{};
         const int status = server.stop(10s, &took);
-        INFO("stop " << i + 1 << " took " << to_ms(took) << " ms; server log:\n" << server.log());
+        INFO("model " << model << ": stop " << i + 1 << " took " << to_ms(took) << " ms; server log:\n" << server.log());
         REQUIRE(describe_status(status) == "exited with 0");
-        REQUIRE(server.log().find("grace period expired") == std::string::npos);
-        REQUIRE(to_ms(took) < to_ms(scaled(1s)));  // the grace period is 2 s
+        if (may_lose) {
+            REQUIRE(to_ms(took) < to_ms(scaled(3s)));  // the grace timer bounds the gap's cost
+        } else {
+            REQUIRE(server.log().find("grace period expired") == std::string::npos);
+            REQUIRE(to_ms(took) < to_ms(scaled(1s)));  // well under the 2 s grace period
+        }
     }
 }
 
