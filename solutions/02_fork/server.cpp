@@ -24,8 +24,10 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <new>
+#include <string>
 #include <system_error>
 
 #include "error.hpp"
@@ -117,14 +119,31 @@ void on_sigchld(int) {
     errno = saved_errno;
 }
 
-void install_sigchld_handler() {
-    struct sigaction action{};
-    action.sa_handler = on_sigchld;
-    sigemptyset(&action.sa_mask);
-    // No SA_RESTART, like the stop signals: accept() returns EINTR and we loop.
-    action.sa_flags = SA_NOCLDSTOP;
-    if (::sigaction(SIGCHLD, &action, nullptr) != 0) common::throw_errno("sigaction SIGCHLD");
-}
+// Installs on_sigchld for as long as it lives, counting into live_children.
+// main() declares it after the Stats it counts into, so the handler is gone
+// before they are: a child that exits while main() returns must not touch a
+// destroyed counter (UndefinedBehaviorSanitizer caught that once).
+class SigchldHandler {
+public:
+    explicit SigchldHandler(std::atomic<std::uint64_t>& live_children) {
+        g_live_children = &live_children;
+        struct sigaction action{};
+        action.sa_handler = on_sigchld;
+        sigemptyset(&action.sa_mask);
+        // No SA_RESTART, like the stop signals: accept() returns EINTR and we loop.
+        action.sa_flags = SA_NOCLDSTOP;
+        if (::sigaction(SIGCHLD, &action, nullptr) != 0) common::throw_errno("sigaction SIGCHLD");
+    }
+    ~SigchldHandler() {
+        struct sigaction action{};
+        action.sa_handler = SIG_DFL;  // a child that exits later is reaped by whoever reaps us
+        sigemptyset(&action.sa_mask);
+        if (::sigaction(SIGCHLD, &action, nullptr) != 0)
+            common::log_line("sigaction SIGCHLD SIG_DFL: " + std::string(std::strerror(errno)));
+    }
+    SigchldHandler(const SigchldHandler&) = delete;
+    SigchldHandler& operator=(const SigchldHandler&) = delete;
+};
 
 // Runs in the child: serve one client, then exit without returning to the
 // parent's accept loop.
@@ -160,8 +179,7 @@ int main(int argc, char** argv) {
         //> std::atomic<std::uint64_t> private_total{0};
         //> RequestsAllProcesses requests{private_total, stats.add_counter("requests_all_processes")};
         // LAB END
-        g_live_children = &stats.connections_open;
-        install_sigchld_handler();
+        const SigchldHandler reaper(stats.connections_open);  // after stats: destroyed first
         common::UniqueFd listener = common::listen_tcp(config);
         common::announce_listening(listener.get());
         const pid_t parent = ::getpid();
