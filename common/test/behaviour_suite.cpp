@@ -63,14 +63,25 @@ int lowest_free_fd(pid_t pid) {
 // there at once when the loop looks: the case where an edge-triggered loop
 // gets a single report for it all. The sleeper asks to be closed after its
 // answer, so that the iterative server moves on to the others.
+// The handler must be seen asleep before `meanwhile` runs. On a loaded
+// machine (a sanitizer build beside other work) a poll of /proc can miss a
+// short sleep altogether, so a miss lets that answer arrive and tries again
+// with a longer sleep: quick when the machine is, and never a wrong result.
 void while_a_handler_sleeps(ServerProcess& server, const std::function<void()>& meanwhile) {
-    Client sleeper(server.port());
-    sleeper.send(get_request("/sleep?ms=500", "Connection: close\r\n"));
-    REQUIRE(eventually([&] { return server_has_read_all(sleeper, server.port()) && sleeping_in_nanosleep(server.pid()); }));
-    meanwhile();
-    std::optional<http::ClientResponse> slept = sleeper.read_response(scaled(10s));
-    REQUIRE(slept);
-    CHECK(slept->status == 200);
+    for (const int ms : {500, 2000, 8000}) {
+        Client sleeper(server.port());
+        sleeper.send(get_request("/sleep?ms=" + std::to_string(ms), "Connection: close\r\n"));
+        const bool asleep = eventually(
+            [&] { return server_has_read_all(sleeper, server.port()) && sleeping_in_nanosleep(server.pid()); },
+            std::chrono::milliseconds(ms) + 1s);
+        if (asleep) meanwhile();
+        std::optional<http::ClientResponse> slept = sleeper.read_response(scaled(10s) + std::chrono::milliseconds(ms));
+        REQUIRE(slept);
+        CHECK(slept->status == 200);
+        if (asleep) return;
+        WARN("the /sleep?ms=" << ms << " handler was not seen asleep; trying a longer one");
+    }
+    FAIL("no /sleep handler was seen asleep, even one of 8 s");
 }
 
 // What a client received until the server closed the connection, and
