@@ -81,7 +81,7 @@ TESTS      := $(BUILD)/common/test/unit $(foreach u,$(UNITS),$(if $(wildcard $(c
 .SECONDARY:
 .DELETE_ON_ERROR:
 .PHONY: all servers tools tests run test test-build test-run test-repeat ensure-catch2 diff exercises check-exercises \
-        check-slides slides-sync help clean bench-loadgen tour
+        check-slides slides-sync help clean bench-loadgen tour soak
 
 all: servers tools $(if $(HAVE_CATCH),tests,catch2-note)
 servers: $(SERVERS)
@@ -241,6 +241,12 @@ tour: servers tools
 bench: servers tools
 	@$(BUILD)/tools/tour --bench $(BENCH_ARGS)
 
+# ---- the soak: a million mixed requests through each event-loop chapter, then
+# no failure, no leaked descriptor, RSS back near its baseline, exit 0
+# (SOAK_ARGS="--quick --chapters 08,09 --out DIR")
+soak: servers tools
+	@$(BUILD)/tools/soak $(SOAK_ARGS)
+
 # ---- measuring the measuring tool (needs wrk)
 bench-loadgen: servers tools
 	@common/tools/bench_loadgen.sh $(BUILD)
@@ -276,7 +282,7 @@ help:
 	@echo "Building (into build/; V=1 shows every compiler command, JOBS=N compilers at once)"
 	@echo "  make                      build every server, tool and test"
 	@echo "  make servers              only the servers (chapters, exercises, solutions)"
-	@echo "  make tools                only the tools: build/tools/loadgen, tour, markers"
+	@echo "  make tools                only the tools: build/tools/loadgen, tour, soak, markers"
 	@echo "  make tests                only the test binaries"
 	@echo "Running"
 	@echo "  make run [CH=NN] [PORT=N] run chapter NN's server (default 01 on port 8080)"
@@ -295,6 +301,8 @@ help:
 	@echo "Measuring"
 	@echo "  make tour                 every chapter through the same scenarios: table + SVG charts"
 	@echo "  make bench                longer studies: pool sweep, loop throughput, 1k-10k idle connections"
+	@echo "  make soak                 1,000,000 mixed requests per event-loop chapter (05-09): no failure,"
+	@echo "                            no leaked descriptor, RSS back near its baseline (SOAK_ARGS=\"--quick\")"
 	@echo "  make bench-loadgen        compare loadgen with wrk against the same server"
 	@echo "Fuzzing (clang++ with libFuzzer)"
 	@echo "  make fuzz [FUZZ_TIME=60]  fuzz the HTTP parser and router from the kept corpus"
