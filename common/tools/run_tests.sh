@@ -12,7 +12,8 @@ for binary in "$@"; do
   before=$(wc -l < "$tally")
   # Sanitizer builds run slower: stretch every deadline (never a lower bound).
   case "$binary" in */san-*) export TEST_TIME_SCALE=${TEST_TIME_SCALE:-4} ;; esac
-  TEST_TALLY=$tally "$binary"
+  # TEST_FILTER: a Catch2 test spec (make FILTER=...), to run only the matching test cases.
+  TEST_TALLY=$tally "$binary" ${TEST_FILTER:+"$TEST_FILTER"}
   rc=$?
   if [ "$(wc -l < "$tally")" -eq "$before" ]; then
     echo "!! $binary ended (exit $rc) without reporting its tests"
