@@ -22,7 +22,8 @@ namespace common {
 
 using Clock = std::chrono::steady_clock;
 
-ChildProcess::ChildProcess(const std::vector<std::string>& argv, Stderr err, const std::vector<std::string>& extra_env) {
+ChildProcess::ChildProcess(const std::vector<std::string>& argv, Stderr err,
+                           const std::vector<std::string>& extra_env) {
     int pipe_fds[2];
     if (::pipe2(pipe_fds, O_CLOEXEC) != 0) throw_errno("pipe2");
     UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);

@@ -262,11 +262,14 @@ Accepted accept_client(int listen_fd, int flags) {
                 const bool shed = static_cast<bool>(doomed);
                 doomed.reset();  // the client sees the connection close instead of hanging
                 g_spare_fd = open_spare();
-                // No spare to free, or the freed number went elsewhere: the
-                // client is still queued and nothing can be done for it now.
-                if (!had_spare || doomed_error == EMFILE || doomed_error == ENFILE)
-                    return pause_accepting(listen_fd, error,
-                                           had_spare ? " (freeing the spare did not help)" : " (no spare descriptor to free)");
+                // No spare to free, or the freed number went elsewhere (or the
+                // kernel has no memory either): the client is still queued and
+                // nothing can be done for it now.
+                if (!had_spare)
+                    return pause_accepting(listen_fd, error, " (no spare descriptor to free)");
+                if (doomed_error == EMFILE || doomed_error == ENFILE || doomed_error == ENOBUFS ||
+                    doomed_error == ENOMEM)
+                    return pause_accepting(listen_fd, doomed_error, " (freeing the spare did not help)");
                 if (shed) log_shed(error);
                 // Nothing shed (the client left meanwhile): "nothing more now",
                 // rather than have the caller retry at once.
