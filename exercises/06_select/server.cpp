@@ -152,7 +152,7 @@ void read_ready(Connection& c, common::Stats& stats) {
 int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping,
             std::chrono::steady_clock::time_point accept_resume) {
     std::optional<std::chrono::steady_clock::time_point> first;
-    if (!stopping && accept_resume > std::chrono::steady_clock::now()) first = accept_resume;
+    if (!stopping && accept_resume != std::chrono::steady_clock::time_point{}) first = accept_resume;
     for (const auto& c : connections)
         if (c->linger.active() && (!first || c->linger.deadline() < *first)) first = c->linger.deadline();
     long long ms = -1;
@@ -204,7 +204,8 @@ int main(int argc, char** argv) {
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
         // After accept said "not now" (Accepted::pause), the listener stays out
-        // of the interest until then: it is still readable, and would wake us at once.
+        // of the interest until then: it is still readable, and would wake us at
+        // once. The zero time point: no pause.
         std::chrono::steady_clock::time_point accept_resume{};
 
         // The stop signals get in only while the loop waits (stop.hpp): one that
@@ -213,6 +214,7 @@ int main(int argc, char** argv) {
         for (;;) {
             const bool stopping = common::stop_requested();
             const bool accepting = !stopping && std::chrono::steady_clock::now() >= accept_resume;
+            if (accepting) accept_resume = {};  // no pause (any more): no deadline for wait_ms
             // Lingering clients that took too long are closed; at a stop, the
             // responses in progress finish and idle clients are done.
             for (auto& c : connections) {
