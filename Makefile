@@ -69,6 +69,9 @@ SERVER_LIB := $(BUILD)/common/libserver.a
 CLIENT_LIB := $(BUILD)/common/libclient.a
 HARNESS_OBJ := $(BUILD)/common/test/harness.o $(BUILD)/common/test/scenarios.o $(BUILD)/common/test/behaviour_suite.o $(BUILD)/common/test/catch_main.o
 TOOLS      := $(patsubst common/tools/%.cpp,$(BUILD)/tools/%,$(sort $(wildcard common/tools/*.cpp)))
+# An LD_PRELOAD library the behaviour suite loads into servers (accept4 that
+# fails on demand: common/test/accept_shim.cpp).
+ACCEPT_SHIM := $(BUILD)/common/test/accept_shim.so
 
 SERVERS    := $(UNITS:%=$(BUILD)/%/server)
 # A solution is tested by its exercise's tests (the lab's tests live with the task).
@@ -128,6 +131,13 @@ $(BUILD)/tools/%: $(BUILD)/common/tools/%.o $(CLIENT_LIB) $(SERVER_LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDLIBS)
 
+# Built without sanitizers: it is loaded into sanitized servers as well, whose
+# runtime then intercepts accept4 behind it (see the file's header comment).
+$(ACCEPT_SHIM): common/test/accept_shim.cpp
+	@mkdir -p $(@D)
+	$(call say,SHLIB,$<)
+	$(Q)$(CXX) -Icommon/test $(CPPFLAGS) -std=c++20 $(WARNINGS) -O2 -g -fPIC -shared $< -o $@ -ldl
+
 # Unit tests of common/ and the tools: no behaviour suite (no server beside them).
 $(BUILD)/common/test/unit: $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard common/test/*_test.cpp)) $(BUILD)/common/test/harness.o $(BUILD)/common/test/catch_main.o $(CLIENT_LIB) $(SERVER_LIB)
 	$(call say,LINK,$@)
@@ -140,7 +150,7 @@ $(BUILD)/$(1)/test.o: $(call test_src,$(1))
 	@mkdir -p $$(@D)
 	$$(call say,CXX,$$<)
 	$$(Q)$$(CXX) $$(INCLUDES) $$(CPPFLAGS) $$(ALL_CXXFLAGS) -c $$< -o $$@
-$(BUILD)/$(1)/test: $(BUILD)/$(1)/test.o $(HARNESS_OBJ) $(CLIENT_LIB) $(SERVER_LIB) | $(BUILD)/$(1)/server
+$(BUILD)/$(1)/test: $(BUILD)/$(1)/test.o $(HARNESS_OBJ) $(CLIENT_LIB) $(SERVER_LIB) | $(BUILD)/$(1)/server $(ACCEPT_SHIM)
 	$$(call say,LINK,$$@)
 	$$(Q)$$(CXX) $$(ALL_CXXFLAGS) $$(filter %.o %.a,$$^) -o $$@ $$(CATCH_LIBS) $$(LDLIBS)
 endef
@@ -172,11 +182,13 @@ test: ensure-catch2
 # `make test-repeat N=20`: the same selection N times in a row, stopping at
 # the first failing run; LOAD=1 keeps one core busy meanwhile (a busy loop
 # that ends with the runs), to check that no test depends on a quiet machine.
+# FILTER='accept failing*' (a Catch2 test spec) runs only the matching tests
+# of each binary, with make test and make test-repeat alike.
 N    ?= 20
 LOAD ?= 0
 test-repeat: ensure-catch2
 	@$(MAKE) --no-print-directory $(parallel) test-build
-	@common/tools/repeat_tests.sh $(N) $(LOAD) $(TEST_SELECTION)
+	@TEST_FILTER='$(FILTER)' common/tools/repeat_tests.sh $(N) $(LOAD) $(TEST_SELECTION)
 
 ensure-catch2:
 	@if [ -z "$(HAVE_CATCH)" ]; then \
@@ -192,7 +204,7 @@ ensure-catch2:
 TEST_SELECTION = $(if $(filter command line,$(origin CH)),$(filter $(BUILD)/chapters/$(CH)_%/test $(BUILD)/solutions/$(CH)_%/test,$(TESTS)),$(filter-out $(BUILD)/exercises/%,$(TESTS)))
 test-build: $(TEST_SELECTION) servers tools
 test-run: test-build
-	@common/tools/run_tests.sh $(TEST_SELECTION)
+	@TEST_FILTER='$(FILTER)' common/tools/run_tests.sh $(TEST_SELECTION)
 
 # ---- the lesson between two chapters
 # The ANCHOR marker lines (where slides and READMEs cut code out of the
@@ -293,6 +305,7 @@ help:
 	@echo "                            or a list: SAN=address,undefined)"
 	@echo "  make test-repeat [N=20] [LOAD=1] [CH=NN]"
 	@echo "                            the tests N times in a row; LOAD=1 keeps a core busy meanwhile"
+	@echo "  ... FILTER='name*'        only the test cases that match (a Catch2 test spec)"
 	@echo "Labs, slides and READMEs"
 	@echo "  make exercises            regenerate the lab skeletons from solutions/"
 	@echo "  make check-exercises      skeletons up to date, solutions pass, skeletons fail"

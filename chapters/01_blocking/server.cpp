@@ -69,7 +69,9 @@ int main(int argc, char** argv) {
             // nobody reads what they send until we come back here.
             // ANCHOR: accept_one
             common::Accepted client = common::accept_client(listener.get());
-            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
+            // Short of memory or descriptors (ENOBUFS, ENOMEM...): retrying at once would spin.
+            if (client.status == common::Accepted::pause) common::sleep_for_accept_pause();
+            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed, paused
             auto counted = stats.track_connection();
             serve_client(client.fd.get(), client.peer, stats);
             common::linger_close(client.fd.get());  // so that no reset cuts the last response short

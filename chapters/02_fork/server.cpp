@@ -138,7 +138,9 @@ int main(int argc, char** argv) {
         // ANCHOR: accept_loop
         while (!common::stop_requested()) {
             common::Accepted client = common::accept_client(listener.get());
-            if (client.status != common::Accepted::accepted) continue;  // EINTR (SIGCHLD too), aborted, shed
+            // Short of memory or descriptors (ENOBUFS, ENOMEM...): retrying at once would spin.
+            if (client.status == common::Accepted::pause) common::sleep_for_accept_pause();
+            if (client.status != common::Accepted::accepted) continue;  // EINTR (SIGCHLD too), aborted, shed, paused
             // ANCHOR: fork
             stats.connections_total.fetch_add(1);
             g_live_children->fetch_add(1);  // before fork: the SIGCHLD handler may run right after it

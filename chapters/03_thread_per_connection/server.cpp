@@ -85,7 +85,9 @@ int main(int argc, char** argv) {
         // ANCHOR: accept_loop
         while (!common::stop_requested()) {
             common::Accepted client = common::accept_client(listener.get());
-            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
+            // Short of memory or descriptors (ENOBUFS, ENOMEM...): retrying at once would spin.
+            if (client.status == common::Accepted::pause) common::sleep_for_accept_pause();
+            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed, paused
             const std::string peer = client.peer;
             try {
                 // ANCHOR: start_thread

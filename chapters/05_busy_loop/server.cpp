@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <memory>
@@ -138,11 +139,15 @@ void try_read(Connection& c, common::Stats& stats, LoopCounters& counters) {
 // ANCHOR_END: try_read
 
 void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
-                            common::Stats& stats) {
+                            common::Stats& stats, std::chrono::steady_clock::time_point& accept_resume) {
     for (;;) {
         // ANCHOR: accept_nonblock
         common::Accepted client = common::accept_client(listener, SOCK_NONBLOCK);
         if (client.status == common::Accepted::would_block) return;  // nobody else is waiting
+        if (client.status == common::Accepted::pause) {  // short of memory or descriptors: not now
+            accept_resume = std::chrono::steady_clock::now() + common::kAcceptPause;
+            return;
+        }
         if (client.status != common::Accepted::accepted) continue;
         // ANCHOR_END: accept_nonblock
         connections.push_back(std::make_unique<Connection>(Connection{
@@ -164,12 +169,16 @@ int main(int argc, char** argv) {
         // ANCHOR_END: nonblocking_listener
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
+        // After accept said "not now" (Accepted::pause), no accept4 before this:
+        // the loop spins anyway, but it must not spin on a failing accept4.
+        std::chrono::steady_clock::time_point accept_resume{};
 
         // ANCHOR: loop
         for (;;) {
             counters.loop_iterations.fetch_add(1, std::memory_order_relaxed);
             const bool stopping = common::stop_requested();
-            if (!stopping) accept_pending_clients(listener.get(), connections, stats);
+            if (!stopping && std::chrono::steady_clock::now() >= accept_resume)
+                accept_pending_clients(listener.get(), connections, stats, accept_resume);
             // ANCHOR: round
             for (auto& c : connections) {
                 if (c->linger.active()) c->closed = c->linger.discard(c->fd.get());  // until the client closes

@@ -140,9 +140,12 @@ void read_ready(Connection& c, common::Stats& stats) {
 // ANCHOR_END: read_ready
 
 // How long the loop may sleep: until the first lingering client's deadline
-// (-1: no deadline), and while stopping no more than common::kStopRecheck.
-int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping) {
+// or the end of an accept pause (-1: no deadline), and while stopping no
+// more than common::kStopRecheck.
+int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping,
+            std::chrono::steady_clock::time_point accept_resume) {
     std::optional<std::chrono::steady_clock::time_point> first;
+    if (!stopping && accept_resume != std::chrono::steady_clock::time_point{}) first = accept_resume;
     for (const auto& c : connections)
         if (c->linger.active() && (!first || c->linger.deadline() < *first)) first = c->linger.deadline();
     long long ms = -1;
@@ -154,10 +157,15 @@ int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool st
 
 // ANCHOR: accept
 void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
-                            common::Stats& stats, LoopCounters& counters) {
+                            common::Stats& stats, LoopCounters& counters,
+                            std::chrono::steady_clock::time_point& accept_resume) {
     for (;;) {
         common::Accepted client = common::accept_client(listener, SOCK_NONBLOCK);
         if (client.status == common::Accepted::would_block) return;  // nobody else is waiting
+        if (client.status == common::Accepted::pause) {  // short of memory or descriptors: not now
+            accept_resume = std::chrono::steady_clock::now() + common::kAcceptPause;
+            return;
+        }
         if (client.status != common::Accepted::accepted) continue;
         // ANCHOR: fd_setsize_check
         if (client.fd.get() >= FD_SETSIZE) {
@@ -190,6 +198,10 @@ int main(int argc, char** argv) {
         common::UniqueFd listener = common::listen_tcp(config, SOCK_NONBLOCK);
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
+        // After accept said "not now" (Accepted::pause), the listener stays out
+        // of the interest until then: it is still readable, and would wake us at
+        // once. The zero time point: no pause.
+        std::chrono::steady_clock::time_point accept_resume{};
 
         // The stop signals get in only while the loop waits (stop.hpp): one that
         // comes after the stop check below waits for the next wait, which it ends.
@@ -197,6 +209,8 @@ int main(int argc, char** argv) {
         // ANCHOR: loop
         for (;;) {
             const bool stopping = common::stop_requested();
+            const bool accepting = !stopping && std::chrono::steady_clock::now() >= accept_resume;
+            if (accepting) accept_resume = {};  // no pause (any more): no deadline for wait_ms
             // ANCHOR: linger_deadlines
             // Lingering clients that took too long are closed; at a stop, the
             // responses in progress finish and idle clients are done.
@@ -215,7 +229,7 @@ int main(int argc, char** argv) {
             FD_ZERO(&readable);
             FD_ZERO(&writable);
             int max_fd = -1;
-            if (!stopping) {
+            if (accepting) {
                 FD_SET(listener.get(), &readable);
                 max_fd = listener.get();
             }
@@ -228,7 +242,8 @@ int main(int argc, char** argv) {
             // ANCHOR_END: interest
             // ANCHOR: select_call
             std::optional<timeval> timeout;  // none: sleep until a socket is ready
-            if (const int ms = wait_ms(connections, stopping); ms >= 0) timeout = timeval{ms / 1000, ms % 1000 * 1000};
+            if (const int ms = wait_ms(connections, stopping, accept_resume); ms >= 0)
+                timeout = timeval{ms / 1000, ms % 1000 * 1000};
             std::optional<timespec> wait_for;  // pselect counts in nanoseconds
             if (timeout) wait_for = timespec{timeout->tv_sec, timeout->tv_usec * 1000};
             const int ready =
@@ -243,8 +258,8 @@ int main(int argc, char** argv) {
             // ANCHOR: dispatch_clients
             // New clients join the sets from the next round on (they were not
             // in this round's sets, so FD_ISSET is false for them below).
-            if (!stopping && FD_ISSET(listener.get(), &readable))
-                accept_pending_clients(listener.get(), connections, stats, counters);
+            if (accepting && FD_ISSET(listener.get(), &readable))
+                accept_pending_clients(listener.get(), connections, stats, counters, accept_resume);
             for (auto& c : connections) {
                 const int fd = c->fd.get();
                 if (FD_ISSET(fd, &writable)) answer_and_send(*c, stats);

@@ -136,9 +136,12 @@ void read_ready(Connection& c, common::Stats& stats) {
 // ANCHOR_END: read_ready
 
 // How long the loop may sleep: until the first lingering client's deadline
-// (-1: no deadline), and while stopping no more than common::kStopRecheck.
-int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping) {
+// or the end of an accept pause (-1: no deadline), and while stopping no
+// more than common::kStopRecheck.
+int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping,
+            std::chrono::steady_clock::time_point accept_resume) {
     std::optional<std::chrono::steady_clock::time_point> first;
+    if (!stopping && accept_resume != std::chrono::steady_clock::time_point{}) first = accept_resume;
     for (const auto& c : connections)
         if (c->linger.active() && (!first || c->linger.deadline() < *first)) first = c->linger.deadline();
     long long ms = -1;
@@ -150,10 +153,14 @@ int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool st
 
 // ANCHOR: accept
 void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
-                            common::Stats& stats) {
+                            common::Stats& stats, std::chrono::steady_clock::time_point& accept_resume) {
     for (;;) {
         common::Accepted client = common::accept_client(listener, SOCK_NONBLOCK);
         if (client.status == common::Accepted::would_block) return;  // nobody else is waiting
+        if (client.status == common::Accepted::pause) {  // short of memory or descriptors: not now
+            accept_resume = std::chrono::steady_clock::now() + common::kAcceptPause;
+            return;
+        }
         if (client.status != common::Accepted::accepted) continue;
         connections.push_back(std::make_unique<Connection>(Connection{
             .fd = std::move(client.fd), .peer = std::move(client.peer), .counted = stats.track_connection()}));
@@ -173,6 +180,10 @@ int main(int argc, char** argv) {
         common::UniqueFd listener = common::listen_tcp(config, SOCK_NONBLOCK);
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
+        // After accept said "not now" (Accepted::pause), the listener stays out
+        // of the interest until then: it is still readable, and would wake us at
+        // once. The zero time point: no pause.
+        std::chrono::steady_clock::time_point accept_resume{};
 
         // The stop signals get in only while the loop waits (stop.hpp): one that
         // comes after the stop check below waits for the next wait, which it ends.
@@ -180,6 +191,8 @@ int main(int argc, char** argv) {
         // ANCHOR: loop
         for (;;) {
             const bool stopping = common::stop_requested();
+            const bool accepting = !stopping && std::chrono::steady_clock::now() >= accept_resume;
+            if (accepting) accept_resume = {};  // no pause (any more): no deadline for wait_ms
             // ANCHOR: linger_deadlines
             // Lingering clients that took too long are closed; at a stop, the
             // responses in progress finish and idle clients are done.
@@ -195,10 +208,10 @@ int main(int argc, char** argv) {
             // ANCHOR: interest
             std::vector<pollfd> interest;
             interest.reserve(connections.size() + 1);
-            interest.push_back({stopping ? -1 : listener.get(), POLLIN, 0});  // fd -1: ignored by poll
+            interest.push_back({accepting ? listener.get() : -1, POLLIN, 0});  // fd -1: ignored by poll
             for (auto& c : connections)
                 interest.push_back({c->fd.get(), static_cast<short>(c->output.empty() ? POLLIN : POLLOUT), 0});
-            const int ms = wait_ms(connections, stopping);
+            const int ms = wait_ms(connections, stopping, accept_resume);
             const timespec timeout{ms / 1000, ms % 1000 * 1'000'000L};  // ppoll counts in nanoseconds
             const int ready = ::ppoll(interest.data(), interest.size(), ms < 0 ? nullptr : &timeout, &wait_mask);  // sleeps
             // ANCHOR_END: interest
@@ -219,7 +232,8 @@ int main(int argc, char** argv) {
                 else if (revents & (POLLIN | POLLHUP | POLLERR)) read_ready(c, stats);
             }
             // ANCHOR_END: scan_entries
-            if (interest[0].revents & POLLIN) accept_pending_clients(listener.get(), connections, stats);
+            if (interest[0].revents & POLLIN)
+                accept_pending_clients(listener.get(), connections, stats, accept_resume);
             // ANCHOR_END: scan
             std::erase_if(connections, [](const auto& c) { return c->closed; });
         }

@@ -27,6 +27,8 @@
 #include <cstdio>
 #include <deque>
 #include <exception>
+#include <initializer_list>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -38,6 +40,8 @@
 #include "stats.hpp"
 
 namespace {
+
+using SteadyClock = std::chrono::steady_clock;
 
 // ANCHOR: state
 // What a connection waits for; each state is one epoll interest.
@@ -228,12 +232,13 @@ public:
         const sigset_t wait_mask = common::block_stop_signals();
         for (;;) {
             if (common::stop_requested() && wind_down()) return;
+            resume_accepting_if_due();
             // ANCHOR: wait
             // No interest to build: the kernel keeps it. Only ready sockets come back.
             std::array<epoll_event, 256> events;
-            // Sleeps until a socket is ready or the first lingering deadline.
+            // Sleeps until a socket is ready, the first lingering deadline or the end of an accept pause.
             const int ready = ::epoll_pwait(epoll_.get(), events.data(), static_cast<int>(events.size()),
-                                            lingering_.wait_ms(common::stop_requested()), &wait_mask);
+                                            first_deadline_ms(), &wait_mask);
             // ANCHOR_END: wait
             counters_.wakeups.fetch_add(1, std::memory_order_relaxed);
             if (ready < 0) {
@@ -271,6 +276,10 @@ private:
         for (;;) {
             common::Accepted client = common::accept_client(listener_.get(), SOCK_NONBLOCK);
             if (client.status == common::Accepted::would_block) return;  // nobody else is waiting
+            if (client.status == common::Accepted::pause) {  // short of memory or descriptors: not now
+                pause_accepting();
+                return;
+            }
             if (client.status != common::Accepted::accepted) continue;
             const ConnectionId id = ++last_id_;
             epoll_event interest{};
@@ -290,6 +299,43 @@ private:
         }
     }
     // ANCHOR_END: accept
+
+    // ANCHOR: accept_pause
+    // accept said "not now" (Accepted::pause): the system is short of memory
+    // or descriptors. The client is still queued and the listener readable,
+    // so level-triggered epoll would report it on every wait: a spin of
+    // failing accept4 calls. The listener stays registered but asks for no
+    // events until accept_resume_ (the wait's timeout includes it). EPOLL_CTL_MOD
+    // keeps the kernel's entry, so resuming allocates nothing; DEL and a new
+    // ADD could fail for want of the very memory that ran short.
+    void pause_accepting() {
+        set_listener_events(0);
+        accept_resume_ = SteadyClock::now() + common::kAcceptPause;
+    }
+
+    // The pause is over: the listener asks for events again (unless a stop has
+    // taken it out of the interest list meanwhile).
+    void resume_accepting_if_due() {
+        if (!accept_resume_ || !listening_ || SteadyClock::now() < *accept_resume_) return;
+        accept_resume_.reset();
+        set_listener_events(EPOLLIN);  // clients still queued make the next wait report it at once
+    }
+
+    // ms until the accept pause ends, rounded up, or -1 for none.
+    int accept_pause_ms() const {
+        if (!accept_resume_ || !listening_) return -1;
+        const auto left = *accept_resume_ - SteadyClock::now();
+        return static_cast<int>(std::max<long long>(0, std::chrono::ceil<std::chrono::milliseconds>(left).count()));
+    }
+
+    void set_listener_events(std::uint32_t events) {
+        epoll_event interest{};
+        interest.events = events;
+        interest.data.u64 = tag(Kind::listener);
+        if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &interest) < 0)
+            common::throw_errno("epoll_ctl(EPOLL_CTL_MOD, listener fd " + std::to_string(listener_.get()) + ")");
+    }
+    // ANCHOR_END: accept_pause
 
     // ANCHOR: serve
     // One report: do what the connection's state waits for. EPOLLHUP and
@@ -340,6 +386,15 @@ private:
     }
     // ANCHOR_END: expire_lingering
 
+    // epoll_wait's timeout: the first lingering deadline or the end of an
+    // accept pause (-1: none).
+    int first_deadline_ms() const {
+        int first = -1;
+        for (const int ms : {lingering_.wait_ms(common::stop_requested()), accept_pause_ms()})
+            if (ms >= 0 && (first < 0 || ms < first)) first = ms;
+        return first;
+    }
+
     // Closes and forgets a connection (its fd leaves the interest list as it closes).
     void forget(Connection& c) { connections_.erase(c.id); }
 
@@ -374,6 +429,7 @@ private:
     common::UniqueFd listener_;
     common::UniqueFd epoll_;
     bool listening_ = true;  // is the listener in the interest list? (removed once, at stop)
+    std::optional<SteadyClock::time_point> accept_resume_;  // during an accept pause: when it ends
     ConnectionId last_id_ = 0;
     std::unordered_map<ConnectionId, Connection> connections_;
     LingerQueue lingering_;

@@ -12,6 +12,7 @@
 #include <charconv>
 #include <memory>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include "error.hpp"
@@ -21,7 +22,8 @@ namespace common {
 
 using Clock = std::chrono::steady_clock;
 
-ChildProcess::ChildProcess(const std::vector<std::string>& argv, Stderr err) {
+ChildProcess::ChildProcess(const std::vector<std::string>& argv, Stderr err,
+                           const std::vector<std::string>& extra_env) {
     int pipe_fds[2];
     if (::pipe2(pipe_fds, O_CLOEXEC) != 0) throw_errno("pipe2");
     UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);
@@ -31,6 +33,18 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, Stderr err) {
     std::vector<char*> raw;
     for (std::string& a : args) raw.push_back(a.data());
     raw.push_back(nullptr);
+    // The child's environment, built before fork (after it, only async-signal-safe calls).
+    std::vector<std::string> env = extra_env;
+    for (char** e = environ; *e; ++e) {
+        const std::string_view entry(*e);
+        const std::string_view name = entry.substr(0, entry.find('='));
+        bool replaced = false;
+        for (const std::string& extra : extra_env) replaced = replaced || extra.substr(0, extra.find('=')) == name;
+        if (!replaced) env.emplace_back(entry);
+    }
+    std::vector<char*> raw_env;
+    for (std::string& e : env) raw_env.push_back(e.data());
+    raw_env.push_back(nullptr);
 
     pid_ = ::fork();
     if (pid_ < 0) throw_errno("fork for " + argv.at(0));
@@ -39,7 +53,7 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, Stderr err) {
         if (err.kind == Stderr::discard) ::dup2(null.get(), STDERR_FILENO);
         if (err.kind == Stderr::to_fd) ::dup2(err.fd, STDERR_FILENO);
         ::signal(SIGPIPE, SIG_DFL);
-        ::execv(raw[0], raw.data());
+        ::execve(raw[0], raw.data(), raw_env.data());
         _exit(127);
     }
     out_ = std::move(read_end);
@@ -135,11 +149,12 @@ int ChildProcess::stop(std::chrono::milliseconds timeout) {
 }
 
 StartedServer start_server(const std::string& binary, std::vector<std::string> args,
-                           std::chrono::milliseconds ready_timeout, ChildProcess::Stderr err) {
+                           std::chrono::milliseconds ready_timeout, ChildProcess::Stderr err,
+                           const std::vector<std::string>& extra_env) {
     std::vector<std::string> argv{binary, "--port", "0"};
     argv.insert(argv.end(), args.begin(), args.end());
     StartedServer server;
-    server.process = std::make_unique<ChildProcess>(argv, err);
+    server.process = std::make_unique<ChildProcess>(argv, err, extra_env);
     std::optional<std::string> line = server.process->read_line(ready_timeout);
     const std::string prefix = "listening on ";
     unsigned port = 0;

@@ -27,7 +27,10 @@ public:
     // Starts argv[0] with argv; its stdout comes to us through a pipe. SIGPIPE
     // is reset to its default in the child, so a program that must survive a
     // vanished peer has to say so itself (exec keeps an ignored signal ignored).
-    explicit ChildProcess(const std::vector<std::string>& argv, Stderr err = {});
+    // extra_env: "NAME=VALUE" entries added to our environment for the child
+    // (replacing a variable of the same name).
+    explicit ChildProcess(const std::vector<std::string>& argv, Stderr err = {},
+                          const std::vector<std::string>& extra_env = {});
     ChildProcess(const ChildProcess&) = delete;
     ChildProcess& operator=(const ChildProcess&) = delete;
     ~ChildProcess();  // stop(), if still running
@@ -66,7 +69,7 @@ struct StartedServer {
 // ready line comes within ready_timeout.
 StartedServer start_server(const std::string& binary, std::vector<std::string> args,
                            std::chrono::milliseconds ready_timeout = std::chrono::seconds(10),
-                           ChildProcess::Stderr err = {});
+                           ChildProcess::Stderr err = {}, const std::vector<std::string>& extra_env = {});
 
 // GET target from 127.0.0.1:port with a deadline; the body, or nullopt.
 std::optional<std::string> http_get(std::uint16_t port, const std::string& target,

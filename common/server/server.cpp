@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "error.hpp"
+#include "stats.hpp"
 
 namespace common {
 
@@ -180,7 +182,28 @@ void log_shed(int error) {
              " connection(s) closed unserved so far");
 }
 
+// "Not now": one line and one count per pause, however long the shortage lasts.
+Accepted pause_accepting(int listen_fd, int error, std::string_view why) {
+    g_accept_pauses.fetch_add(1, std::memory_order_relaxed);
+    log_line("accept4 fd " + std::to_string(listen_fd) + ": " + std::strerror(error) + std::string(why) +
+             "; pausing accept for " + std::to_string(kAcceptPause.count()) + " ms");
+    Accepted result;
+    result.status = Accepted::pause;
+    return result;
+}
+
 }  // namespace
+
+void sleep_for_accept_pause() {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(kAcceptPause).count();
+    timespec left{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    timespec rest{};
+    while (::nanosleep(&left, &rest) != 0) {
+        if (errno != EINTR) throw_errno("nanosleep " + std::to_string(kAcceptPause.count()) + " ms");
+        if (stop_requested()) return;  // the accept loop looks at the flag next
+        left = rest;                    // any other signal: sleep the rest
+    }
+}
 
 Accepted accept_client(int listen_fd, int flags) {
     {
@@ -232,14 +255,24 @@ Accepted accept_client(int listen_fd, int flags) {
                     continue;
                 }
                 std::lock_guard lock(g_spare_mutex);
+                const bool had_spare = static_cast<bool>(g_spare_fd);
                 g_spare_fd.reset();  // frees exactly one descriptor
                 UniqueFd doomed(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+                const int doomed_error = doomed ? 0 : errno;
                 const bool shed = static_cast<bool>(doomed);
                 doomed.reset();  // the client sees the connection close instead of hanging
                 g_spare_fd = open_spare();
-                log_shed(error);
-                // Nothing shed (no spare to free, or the client left meanwhile):
-                // "nothing more now", rather than have the caller retry at once.
+                // No spare to free, or the freed number went elsewhere (or the
+                // kernel has no memory either): the client is still queued and
+                // nothing can be done for it now.
+                if (!had_spare)
+                    return pause_accepting(listen_fd, error, " (no spare descriptor to free)");
+                if (doomed_error == EMFILE || doomed_error == ENFILE || doomed_error == ENOBUFS ||
+                    doomed_error == ENOMEM)
+                    return pause_accepting(listen_fd, doomed_error, " (freeing the spare did not help)");
+                if (shed) log_shed(error);
+                // Nothing shed (the client left meanwhile): "nothing more now",
+                // rather than have the caller retry at once.
                 result.status = shed ? Accepted::shed : Accepted::would_block;
                 return result;
             }
@@ -258,11 +291,11 @@ Accepted accept_client(int listen_fd, int flags) {
             case EPERM:  // a firewall rule refused it
                 result.status = Accepted::retry;
                 return result;
+            // The kernel is short of memory for the new socket; it will not
+            // have more a microsecond from now.
             case ENOBUFS:
             case ENOMEM:
-                log_line("accept: " + std::string(std::strerror(error)));
-                result.status = Accepted::retry;
-                return result;
+                return pause_accepting(listen_fd, error, "");
             default:  // EBADF, EINVAL, ENOTSOCK...: a bug in the server, not a client's doing
                 throw_error_code(error, "accept4 fd " + std::to_string(listen_fd));
         }

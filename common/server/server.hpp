@@ -66,6 +66,8 @@ struct Accepted {
         interrupted,  // EINTR: a signal arrived; check stop_requested()
         retry,        // the connection died before we took it (ECONNABORTED...)
         shed,         // out of descriptors (EMFILE/ENFILE): taken and closed at once
+        pause,        // the system is short of memory or descriptors (ENOBUFS, ENOMEM,
+                      // EMFILE with no spare to free): stop accepting for kAcceptPause
     };
     Status status = retry;
     UniqueFd fd;
@@ -81,7 +83,28 @@ struct Accepted {
 // first wait until one is pending (a non-blocking listener only looks) and try
 // once more: only a client that is really there, and still cannot be taken, is
 // shed. flags: SOCK_CLOEXEC is always added.
+//
+// ENOBUFS and ENOMEM (the kernel is short of memory), and EMFILE or ENFILE
+// when the spare could not be freed (there was none, or the descriptor it
+// left went elsewhere), mean "not now": the client stays queued, the
+// listener stays readable, and trying again at once fails again, so a loop
+// that retried would spin. accept_client then says `pause`: the caller stops
+// accepting for kAcceptPause and tries again (nginx disables its accept
+// events on EMFILE for a while, the same idea). It logs one line per pause
+// ("accept4 fd 3: Cannot allocate memory; pausing accept for 100 ms") and
+// counts it (accept_pauses in /stats), never a line per attempt.
 Accepted accept_client(int listen_fd, int flags = 0);
+
+// How long accepting pauses after Accepted::pause: long enough that a server
+// short of memory spends next to nothing on retries (about 10 accept4 calls a
+// second), short enough that a waiting client is hardly kept waiting when
+// memory comes back. (nginx waits 500 ms.)
+inline constexpr std::chrono::milliseconds kAcceptPause{100};
+
+// For a thread that blocks in accept (chapters 01-04): sleeps kAcceptPause.
+// A stop signal ends the sleep early (the caller then sees stop_requested());
+// another signal, such as chapter 02's SIGCHLD, does not shorten the pause.
+void sleep_for_accept_pause();
 
 // ---- blocking I/O helpers (chapters 01-04) ----------------------------------
 

@@ -32,6 +32,7 @@ std::string Stats::to_json() const {
     field("connections_total", static_cast<long long>(connections_total.load()));
     field("requests", static_cast<long long>(requests.load()));
     field("threads", current_thread_count());
+    field("accept_pauses", static_cast<long long>(g_accept_pauses.load()));
     for (const NamedCounter& counter : counters_) field(counter.name, static_cast<long long>(counter.value.load()));
     json += "}\n";
     return json;

@@ -10,6 +10,10 @@
 
 namespace common {
 
+// Counted by common code that has no Stats at hand: accept_client's pauses
+// (Accepted::pause). Every Stats reports it as "accept_pauses".
+inline std::atomic<std::uint64_t> g_accept_pauses{0};
+
 class Stats {
 public:
     explicit Stats(std::string model) : model_(std::move(model)) {}

@@ -6,11 +6,14 @@
 // next one opens), so that it holds for the iterative server of chapter 01 too;
 // where clients come while another is served, the one being served asks to be
 // closed after its answer.
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/ioctl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -23,8 +26,10 @@
 #include <thread>
 #include <vector>
 
+#include "accept_shim.hpp"
 #include "harness.hpp"
 #include "http.hpp"
+#include "server.hpp"
 #include "testing.hpp"
 
 using namespace harness;
@@ -615,6 +620,113 @@ TEST_CASE("with no descriptor left, waiting clients are shed and the server does
     if (!spins_anyway) CHECK(share < 0.5);  // spinning on accept's EMFILE: about 1
     server.set_fd_limit(1024);
     check_still_serving(server);
+}
+
+namespace {
+
+// accept4 failing on demand, in the server only: the LD_PRELOAD library
+// common/test/accept_shim.cpp (built into BUILD/common/test/) and a control
+// file both processes map (accept_shim.hpp).
+class AcceptFault {
+public:
+    AcceptFault() {
+        char path[] = "/tmp/accept-shim-XXXXXX";
+        common::UniqueFd fd(::mkostemp(path, O_CLOEXEC));
+        if (!fd) FAIL("mkostemp /tmp/accept-shim-XXXXXX: " << std::strerror(errno));
+        path_ = path;
+        if (::ftruncate(fd.get(), sizeof(accept_shim::Control)) != 0)
+            FAIL("ftruncate " << path_ << ": " << std::strerror(errno));
+        void* mapped = ::mmap(nullptr, sizeof(accept_shim::Control), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+        if (mapped == MAP_FAILED) FAIL("mmap " << path_ << ": " << std::strerror(errno));
+        control_ = new (mapped) accept_shim::Control{};  // the file's zeros, as atomics
+    }
+    ~AcceptFault() {
+        ::munmap(control_, sizeof(accept_shim::Control));
+        ::unlink(path_.c_str());
+    }
+    AcceptFault(const AcceptFault&) = delete;
+    AcceptFault& operator=(const AcceptFault&) = delete;
+
+    // For ServerProcess: preload the library and name the control file. ASan
+    // wants its runtime first among the libraries and refuses to start
+    // otherwise; the library does not mind coming first (see its header).
+    std::vector<std::string> server_env() const {
+        const char* asan = std::getenv("ASAN_OPTIONS");
+        return {"LD_PRELOAD=" + library(), std::string(accept_shim::kControlVariable) + "=" + path_,
+                "ASAN_OPTIONS=" + std::string(asan && *asan ? std::string(asan) + ":" : "") + "verify_asan_link_order=0"};
+    }
+    void fail_with(int error) { control_->fail_with.store(error); }
+    std::uint64_t failed() const { return control_->failed.load(); }
+    std::uint64_t passed() const { return control_->passed.load(); }
+
+private:
+    // BUILD/chapters/NN_name/test -> BUILD/common/test/accept_shim.so
+    static std::string library() {
+        char self[4096];
+        const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n < 0) FAIL("readlink /proc/self/exe: " << std::strerror(errno));
+        std::filesystem::path build = std::filesystem::path(std::string(self, static_cast<std::size_t>(n)));
+        build = build.parent_path().parent_path().parent_path();
+        const std::string shim = (build / "common/test/accept_shim.so").string();
+        if (::access(shim.c_str(), R_OK) != 0) FAIL("the accept4 shim " << shim << ": " << std::strerror(errno));
+        return shim;
+    }
+
+    std::string path_;
+    accept_shim::Control* control_ = nullptr;
+};
+
+
+}  // namespace
+
+TEST_CASE("accept failing with ENOBUFS or EMFILE (no spare) pauses accepting instead of spinning", "[behaviour]") {
+    // EMFILE from every accept4 is the case where the spare descriptor frees
+    // nothing (common::accept_client): nobody can be shed either.
+    const int error = GENERATE(ENOBUFS, EMFILE);
+    INFO("accept4 fails with " << std::strerror(error));
+    AcceptFault fault;
+    fault.fail_with(error);  // from the start: the blocking models call accept4 at once
+    const Clock::time_point started = Clock::now();
+    ServerProcess server({}, server_binary(), fault.server_env());
+    Client waiting(server.port());
+    // From here a client is queued. (Before, an EMFILE with nobody waiting
+    // is "nothing to do": the busy loop of chapter 05 asks again at once, as
+    // it asks every round when accept4 says EAGAIN.)
+    const std::uint64_t failed_before = fault.failed();
+    const Clock::time_point queued = Clock::now();
+    waiting.send(get_request("/", "Connection: close\r\n"));
+    REQUIRE(eventually([&] { return fault.failed() > failed_before; }, scaled(5s)));
+    // A window to count what the server does while accept4 keeps failing
+    // (a span to observe, not a deadline).
+    std::this_thread::sleep_for(1s);
+    const std::uint64_t calls = fault.failed() - failed_before;
+    const Clock::time_point now = Clock::now();
+    const std::string log = server.log();
+    const long log_lines = server.count_log_lines("accept");
+    const auto pauses_in = [](Clock::duration d) {
+        return 1 + to_ms(d) / static_cast<double>(common::kAcceptPause.count());
+    };
+    INFO(calls << " failed accept4 calls in " << to_ms(now - queued) << " ms with a client waiting, "
+               << log_lines << " log lines about accept in " << to_ms(now - started)
+               << " ms; the end of the server log:\n" << log.substr(log.size() > 1500 ? log.size() - 1500 : 0));
+    // Each pause lasts kAcceptPause at least: at most one log line per pause,
+    // and (EMFILE) three accept4 calls per pause: the first, the one after
+    // the wait for a client, the one after freeing the spare. The code before
+    // the pause retried at once: 1.5 to 2.3 million calls in the same second
+    // (and, for ENOBUFS, a log line each).
+    CHECK(log_lines <= 5 + pauses_in(now - started));
+    CHECK(static_cast<double>(calls) <= 20 + 4 * pauses_in(now - queued));
+    fault.fail_with(0);
+    // The waiting client is served once the pause in progress ends.
+    std::optional<http::ClientResponse> r = waiting.read_response(scaled(5s));
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    waiting.close();  // its lingering close ends here (chapter 01 would wait for it before the next client)
+    const long long pauses = stats(server.port())["accept_pauses"];
+    CHECK(pauses >= 1);
+    CHECK(static_cast<double>(pauses) <= 2 + pauses_in(Clock::now() - started));
+    check_still_serving(server);
+    CHECK(describe_status(server.stop(10s)) == "exited with 0");
 }
 
 TEST_CASE("a client that keeps sending after Connection: close still gets its whole response", "[behaviour]") {

@@ -73,7 +73,7 @@ std::string describe_status(int status) {
     return "status " + std::to_string(status);
 }
 
-ServerProcess::ServerProcess(std::vector<std::string> args, std::string binary) {
+ServerProcess::ServerProcess(std::vector<std::string> args, std::string binary, std::vector<std::string> env) {
     if (::access(binary.c_str(), X_OK) != 0) fail_errno("server binary " + binary);
     char log_template[] = "/tmp/server-log-XXXXXX";
     common::UniqueFd log_fd(::mkostemp(log_template, O_CLOEXEC));
@@ -86,7 +86,7 @@ ServerProcess::ServerProcess(std::vector<std::string> args, std::string binary) 
     try {
         common::StartedServer started =
             common::start_server(binary, std::move(args), std::chrono::duration_cast<std::chrono::milliseconds>(scaled(10s)),
-                                 {common::ChildProcess::Stderr::to_fd, log_fd.get()});
+                                 {common::ChildProcess::Stderr::to_fd, log_fd.get()}, env);
         process_ = std::move(started.process);
         port_ = started.port;
     } catch (const std::runtime_error& e) {
@@ -134,6 +134,14 @@ std::string ServerProcess::log() const {
     std::string text = read_file(log_path_);
     if (text.size() > 4000) text = "...\n" + text.substr(text.size() - 4000);
     return text;
+}
+
+long ServerProcess::count_log_lines(std::string_view word) const {
+    std::ifstream in(log_path_);
+    if (!in) fail_errno("open " + log_path_);
+    long n = 0;
+    for (std::string line; std::getline(in, line);) n += line.find(word) != std::string::npos;
+    return n;
 }
 
 void ServerProcess::set_fd_limit(rlim_t soft) {

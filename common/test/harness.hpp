@@ -42,8 +42,10 @@ std::string server_binary();
 class ServerProcess {
 public:
     // Starts BINARY --port 0 ARGS..., waits (with a deadline) for its
-    // "listening on HOST:PORT" line. Its stderr goes to a log file.
-    explicit ServerProcess(std::vector<std::string> args = {}, std::string binary = server_binary());
+    // "listening on HOST:PORT" line. Its stderr goes to a log file. env:
+    // "NAME=VALUE" entries added to its environment (LD_PRELOAD, say).
+    explicit ServerProcess(std::vector<std::string> args = {}, std::string binary = server_binary(),
+                           std::vector<std::string> env = {});
     ServerProcess(const ServerProcess&) = delete;
     ServerProcess& operator=(const ServerProcess&) = delete;
     // Stops the server if it still runs, and fails the current test if it had
@@ -60,8 +62,10 @@ public:
     // Sends SIGTERM and waits for the exit status (SIGKILL after the deadline).
     // Returns the waitpid status; `took` receives how long the exit took.
     int stop(Clock::duration deadline = 10s, Clock::duration* took = nullptr);
-    // The server's stderr so far.
+    // The server's stderr so far (its last 4000 bytes).
     std::string log() const;
+    // How many lines of the whole stderr so far contain `word`.
+    long count_log_lines(std::string_view word) const;
     // Sets the server's RLIMIT_NOFILE soft limit (prlimit(2) on the child).
     void set_fd_limit(rlim_t soft);
 

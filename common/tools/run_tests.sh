@@ -2,8 +2,7 @@
 # Runs test binaries one after another (they measure time, so never in
 # parallel with each other) and ends with one line "N passed, N failed",
 # counting test cases over all binaries. Exits non-zero if any test failed,
-# a binary crashed, or no test ran. TEST_ARGS, if set, is passed to every
-# binary (a Catch2 test spec such as "[lab]").
+# a binary crashed, or no test ran.
 set -u
 tally=$(mktemp)
 trap 'rm -f "$tally"' EXIT
@@ -13,8 +12,8 @@ for binary in "$@"; do
   before=$(wc -l < "$tally")
   # Sanitizer builds run slower: stretch every deadline (never a lower bound).
   case "$binary" in */san-*) export TEST_TIME_SCALE=${TEST_TIME_SCALE:-4} ;; esac
-  # shellcheck disable=SC2086 # TEST_ARGS is split on purpose
-  TEST_TALLY=$tally "$binary" ${TEST_ARGS:-}
+  # TEST_FILTER: a Catch2 test spec (make FILTER=...), to run only the matching test cases.
+  TEST_TALLY=$tally "$binary" ${TEST_FILTER:+"$TEST_FILTER"}
   rc=$?
   if [ "$(wc -l < "$tally")" -eq "$before" ]; then
     echo "!! $binary ended (exit $rc) without reporting its tests"

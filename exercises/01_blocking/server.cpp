@@ -72,7 +72,9 @@ int main(int argc, char** argv) {
             // in the listen backlog: the kernel completes their handshake, but
             // nobody reads what they send until we come back here.
             common::Accepted client = common::accept_client(listener.get());
-            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
+            // Short of memory or descriptors (ENOBUFS, ENOMEM...): retrying at once would spin.
+            if (client.status == common::Accepted::pause) common::sleep_for_accept_pause();
+            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed, paused
             auto counted = stats.track_connection();
             // TODO(lab 01): when --idle-timeout is set (idle_timeout_ms > 0), give
             // recv() on this client a timeout with setsockopt(SO_RCVTIMEO).

@@ -83,7 +83,9 @@ int main(int argc, char** argv) {
 
         while (!common::stop_requested()) {
             common::Accepted client = common::accept_client(listener.get());
-            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
+            // Short of memory or descriptors (ENOBUFS, ENOMEM...): retrying at once would spin.
+            if (client.status == common::Accepted::pause) common::sleep_for_accept_pause();
+            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed, paused
             // TODO(lab 03): when --max-connections is set (max_connections > 0) and
             // that many connections are open (stats.connections_open), answer 503
             // here (http::error_response, http::serialize(..., false),

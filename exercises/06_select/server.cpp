@@ -147,9 +147,12 @@ void read_ready(Connection& c, common::Stats& stats) {
 }
 
 // How long the loop may sleep: until the first lingering client's deadline
-// (-1: no deadline), and while stopping no more than common::kStopRecheck.
-int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping) {
+// or the end of an accept pause (-1: no deadline), and while stopping no
+// more than common::kStopRecheck.
+int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool stopping,
+            std::chrono::steady_clock::time_point accept_resume) {
     std::optional<std::chrono::steady_clock::time_point> first;
+    if (!stopping && accept_resume != std::chrono::steady_clock::time_point{}) first = accept_resume;
     for (const auto& c : connections)
         if (c->linger.active() && (!first || c->linger.deadline() < *first)) first = c->linger.deadline();
     long long ms = -1;
@@ -160,10 +163,15 @@ int wait_ms(const std::vector<std::unique_ptr<Connection>>& connections, bool st
 }
 
 void accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
-                            common::Stats& stats, LoopCounters& counters) {
+                            common::Stats& stats, LoopCounters& counters,
+                            std::chrono::steady_clock::time_point& accept_resume) {
     for (;;) {
         common::Accepted client = common::accept_client(listener, SOCK_NONBLOCK);
         if (client.status == common::Accepted::would_block) return;  // nobody else is waiting
+        if (client.status == common::Accepted::pause) {  // short of memory or descriptors: not now
+            accept_resume = std::chrono::steady_clock::now() + common::kAcceptPause;
+            return;
+        }
         if (client.status != common::Accepted::accepted) continue;
         if (client.fd.get() >= FD_SETSIZE) {
             // FD_SET would write past the end of the fd_set: refuse, never watch.
@@ -195,12 +203,18 @@ int main(int argc, char** argv) {
         common::UniqueFd listener = common::listen_tcp(config, SOCK_NONBLOCK);
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
+        // After accept said "not now" (Accepted::pause), the listener stays out
+        // of the interest until then: it is still readable, and would wake us at
+        // once. The zero time point: no pause.
+        std::chrono::steady_clock::time_point accept_resume{};
 
         // The stop signals get in only while the loop waits (stop.hpp): one that
         // comes after the stop check below waits for the next wait, which it ends.
         const sigset_t wait_mask = common::block_stop_signals();
         for (;;) {
             const bool stopping = common::stop_requested();
+            const bool accepting = !stopping && std::chrono::steady_clock::now() >= accept_resume;
+            if (accepting) accept_resume = {};  // no pause (any more): no deadline for wait_ms
             // Lingering clients that took too long are closed; at a stop, the
             // responses in progress finish and idle clients are done.
             for (auto& c : connections) {
@@ -216,7 +230,7 @@ int main(int argc, char** argv) {
             FD_ZERO(&readable);
             FD_ZERO(&writable);
             int max_fd = -1;
-            if (!stopping) {
+            if (accepting) {
                 FD_SET(listener.get(), &readable);
                 max_fd = listener.get();
             }
@@ -225,7 +239,8 @@ int main(int argc, char** argv) {
                 max_fd = std::max(max_fd, c->fd.get());
             }
             std::optional<timeval> timeout;  // none: sleep until a socket is ready
-            if (const int ms = wait_ms(connections, stopping); ms >= 0) timeout = timeval{ms / 1000, ms % 1000 * 1000};
+            if (const int ms = wait_ms(connections, stopping, accept_resume); ms >= 0)
+                timeout = timeval{ms / 1000, ms % 1000 * 1000};
             // TODO(lab 06): with --idle-timeout (idle_timeout_ms > 0) and at least one
             // client, select() must also wake at the earliest idle deadline
             // (last_activity + the timeout) of all clients: a struct timeval, never
@@ -240,8 +255,8 @@ int main(int argc, char** argv) {
                 if (errno == EINTR) continue;  // a signal: look at the stop flag
                 common::throw_errno("pselect");
             }
-            if (!stopping && FD_ISSET(listener.get(), &readable))
-                accept_pending_clients(listener.get(), connections, stats, counters);
+            if (accepting && FD_ISSET(listener.get(), &readable))
+                accept_pending_clients(listener.get(), connections, stats, counters, accept_resume);
             for (auto& c : connections) {
                 const int fd = c->fd.get();
                 // TODO(lab 06): a client whose socket is ready (bytes or EOF arrived,

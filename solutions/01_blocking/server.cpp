@@ -101,7 +101,9 @@ int main(int argc, char** argv) {
             // in the listen backlog: the kernel completes their handshake, but
             // nobody reads what they send until we come back here.
             common::Accepted client = common::accept_client(listener.get());
-            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
+            // Short of memory or descriptors (ENOBUFS, ENOMEM...): retrying at once would spin.
+            if (client.status == common::Accepted::pause) common::sleep_for_accept_pause();
+            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed, paused
             auto counted = stats.track_connection();
             // LAB BEGIN
             if (idle_timeout_ms > 0 && !set_receive_timeout(client.fd.get(), idle_timeout_ms, client.peer)) continue;

@@ -225,7 +225,9 @@ int main(int argc, char** argv) {
 
         while (!common::stop_requested()) {
             common::Accepted client = common::accept_client(listener.get());
-            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed
+            // Short of memory or descriptors (ENOBUFS, ENOMEM...): retrying at once would spin.
+            if (client.status == common::Accepted::pause) common::sleep_for_accept_pause();
+            if (client.status != common::Accepted::accepted) continue;  // EINTR, aborted, shed, paused
             if (!queue.try_push(client)) {
                 // Backpressure: better a quick "no" than an unbounded wait.
                 counters.rejected.fetch_add(1);

@@ -146,11 +146,15 @@ bool try_read(Connection& c, common::Stats& stats, LoopCounters& counters) {
 
 // Returns true if anyone was accepted.
 bool accept_pending_clients(int listener, std::vector<std::unique_ptr<Connection>>& connections,
-                            common::Stats& stats) {
+                            common::Stats& stats, std::chrono::steady_clock::time_point& accept_resume) {
     bool accepted = false;
     for (;;) {
         common::Accepted client = common::accept_client(listener, SOCK_NONBLOCK);
         if (client.status == common::Accepted::would_block) return accepted;  // nobody else is waiting
+        if (client.status == common::Accepted::pause) {  // short of memory or descriptors: not now
+            accept_resume = std::chrono::steady_clock::now() + common::kAcceptPause;
+            return accepted;
+        }
         if (client.status != common::Accepted::accepted) continue;
         connections.push_back(std::make_unique<Connection>(Connection{
             .fd = std::move(client.fd), .peer = std::move(client.peer), .counted = stats.track_connection()}));
@@ -173,17 +177,22 @@ int main(int argc, char** argv) {
         common::UniqueFd listener = common::listen_tcp(config, SOCK_NONBLOCK);
         common::announce_listening(listener.get());
         std::vector<std::unique_ptr<Connection>> connections;
+        // After accept said "not now" (Accepted::pause), no accept4 before this:
+        // the loop spins anyway, but it must not spin on a failing accept4.
+        std::chrono::steady_clock::time_point accept_resume{};
 
         for (;;) {
             counters.loop_iterations.fetch_add(1, std::memory_order_relaxed);
             const bool stopping = common::stop_requested();
             // LAB BEGIN
             bool did_work = false;  // did this round accept, read or write anything?
-            if (!stopping) did_work = accept_pending_clients(listener.get(), connections, stats);
+            if (!stopping && std::chrono::steady_clock::now() >= accept_resume)
+                did_work = accept_pending_clients(listener.get(), connections, stats, accept_resume);
             // LAB SKELETON
             //> // TODO(lab 05): remember whether this round did anything, in a bool
             //> // that starts false. accept_pending_clients returns true if it accepted someone.
-            //> if (!stopping) accept_pending_clients(listener.get(), connections, stats);
+            //> if (!stopping && std::chrono::steady_clock::now() >= accept_resume)
+            //>     accept_pending_clients(listener.get(), connections, stats, accept_resume);
             // LAB END
             for (auto& c : connections) {
                 if (c->linger.active()) {
