@@ -321,8 +321,8 @@ public:
             if (common::stop_requested() && wind_down()) return;
             resume_accepting_if_due();
             // ANCHOR: wait
-            // Sleep until a socket changes or the first idle deadline, but not
-            // at all while our own ready list has work.
+            // Sleep until a socket changes or the first deadline (idle, lingering,
+            // the end of an accept pause), but not at all while our ready list has work.
             std::array<epoll_event, 256> events;
             const int wait_ms = ready_list_.empty() ? first_deadline_ms() : 0;
             const int ready =

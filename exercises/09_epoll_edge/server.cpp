@@ -347,8 +347,8 @@ public:
         for (;;) {
             if (common::stop_requested() && wind_down()) return;
             resume_accepting_if_due();
-            // Sleep until a socket changes or the first idle deadline, but not
-            // at all while our own ready list has work.
+            // Sleep until a socket changes or the first deadline (idle, lingering,
+            // the end of an accept pause), but not at all while our ready list has work.
             std::array<epoll_event, 256> events;
             // TODO(lab 09): with requests in progress, sleep no longer than until the
             // first request deadline either: the earlier of the two, where -1 means

@@ -459,8 +459,8 @@ public:
         for (;;) {
             if (common::stop_requested() && wind_down()) return;
             resume_accepting_if_due();
-            // Sleep until a socket changes or the first idle deadline, but not
-            // at all while our own ready list has work.
+            // Sleep until a socket changes or the first deadline (idle, lingering,
+            // the end of an accept pause), but not at all while our ready list has work.
             std::array<epoll_event, 256> events;
             // LAB BEGIN
             // Two lists, two fronts: sleep until the earlier of the two deadlines.
