@@ -13,7 +13,6 @@ namespace http {
 namespace {
 
 constexpr std::size_t kMaxResponseHead = 8 * 1024;  // ours are a few hundred bytes
-constexpr std::size_t kPatternPeriod = 64;          // http::pattern_byte repeats every 64 bytes
 constexpr std::size_t kRun = 4096;                  // bytes compared at a time
 
 std::string_view trim(std::string_view s) {
@@ -136,7 +135,7 @@ std::size_t ResponseCheck::take_body(std::string_view bytes) {
                 return fail("the body differs from what was expected");
             break;
         case Expectation::Body::pattern: {
-            // The pattern repeats every 64 bytes: compare runs against one
+            // The pattern repeats every kPatternPeriod bytes: compare runs against one
             // copy of it with memcmp, not byte by byte (gigabytes go by).
             static const std::string runs = [] {
                 std::string s;

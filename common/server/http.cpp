@@ -362,7 +362,7 @@ Response error_response(int status, std::string_view text) {
 
 namespace {
 constexpr std::string_view kAlphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-\n";
-static_assert(kAlphabet.size() == 64);
+static_assert(kAlphabet.size() == kPatternPeriod);
 }  // namespace
 
 char pattern_byte(std::uint64_t offset) { return kAlphabet[offset % kAlphabet.size()]; }

@@ -133,6 +133,8 @@ struct Reply {
 Reply respond(ParseResult& result, common::Stats& stats);
 
 // The byte at offset i of every /bytes response, so a client can verify it.
+// The pattern repeats every kPatternPeriod bytes.
+inline constexpr std::size_t kPatternPeriod = 64;
 char pattern_byte(std::uint64_t offset);
 
 }  // namespace http
