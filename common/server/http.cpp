@@ -420,20 +420,6 @@ Response bad_parameter(std::string_view what) {
     return r;
 }
 
-// Burns CPU time of this thread, as a computation would; a thread that is
-// descheduled on a busy machine takes longer in wall-clock time.
-void burn_cpu(std::chrono::milliseconds amount) {
-    auto thread_cpu = [] {
-        timespec ts{};
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-        return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
-    };
-    const auto until = thread_cpu() + amount;
-    volatile std::uint64_t sink = 0;
-    while (thread_cpu() < until)
-        for (int i = 0; i < 1000; ++i) sink = sink + static_cast<std::uint64_t>(i) * 2654435761u;
-}
-
 }  // namespace
 
 // The methods RFC 9110 section 9 defines, and PATCH (RFC 5789): a route may
@@ -460,13 +446,13 @@ Response handle(const Request& request, const common::Stats& stats) {
     }
     if (path == "/sleep" || path == "/work") {
         if (!get) return method_not_allowed("GET, HEAD");
-        std::optional<long> ms = query_number(request.query, "ms", 0, kMaxDelayMs);
-        if (!ms) return bad_parameter("expected ms=0..10000");
-        if (path == "/sleep")
-            std::this_thread::sleep_for(std::chrono::milliseconds(*ms));  // like waiting for a database
+        std::optional<SlowRequest> slow = slow_request(request);
+        if (!slow) return bad_parameter("expected ms=0..10000");
+        if (slow->kind == SlowRequest::sleep)
+            std::this_thread::sleep_for(slow->ms);  // like waiting for a database
         else
-            burn_cpu(std::chrono::milliseconds(*ms));  // like a computation
-        return text(path.substr(1) + " " + std::to_string(*ms) + " ms\n");
+            burn_cpu(slow->ms);  // like a computation
+        return slow_response(*slow);
     }
     if (path == "/bytes") {
         if (!get) return method_not_allowed("GET, HEAD");
@@ -497,17 +483,49 @@ Response handle(const Request& request, const common::Stats& stats) {
     return r;
 }
 
+// Burns CPU time of this thread, as a computation would.
+void burn_cpu(std::chrono::milliseconds amount) {
+    auto thread_cpu = [] {
+        timespec ts{};
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+    };
+    const auto until = thread_cpu() + amount;
+    volatile std::uint64_t sink = 0;
+    while (thread_cpu() < until)
+        for (int i = 0; i < 1000; ++i) sink = sink + static_cast<std::uint64_t>(i) * 2654435761u;
+}
+
+std::optional<SlowRequest> slow_request(const Request& request) {
+    if (request.method != "GET" && request.method != "HEAD") return std::nullopt;
+    SlowRequest::Kind kind;
+    if (request.path == "/sleep") kind = SlowRequest::sleep;
+    else if (request.path == "/work") kind = SlowRequest::work;
+    else return std::nullopt;
+    std::optional<long> ms = query_number(request.query, "ms", 0, kMaxDelayMs);
+    if (!ms) return std::nullopt;
+    return SlowRequest{kind, std::chrono::milliseconds(*ms)};
+}
+
+Response slow_response(const SlowRequest& slow) {
+    return text(std::string(slow.kind == SlowRequest::sleep ? "sleep " : "work ") + std::to_string(slow.ms.count()) +
+                " ms\n");
+}
+
 Reply respond(ParseResult& result, common::Stats& stats) {
     // Not a response to the request, only leave to send its body: not counted.
     if (result.kind == ParseResult::interim) return {"HTTP/1.1 100 Continue\r\n\r\n", {}, false};
     stats.requests.fetch_add(1, std::memory_order_relaxed);
     if (result.kind == ParseResult::error)
         return {serialize(error_response(result.error_status, result.error_text), false), {}, true};
-    Response response = handle(result.request, stats);
+    return reply_to(result.request, handle(result.request, stats));
+}
+
+Reply reply_to(const Request& request, const Response& response) {
     // Asked after the handler ran: a stop that arrived during /sleep counts.
-    const bool close = !result.request.keep_alive || response.close || common::stop_requested();
+    const bool close = !request.keep_alive || response.close || common::stop_requested();
     std::string bytes = serialize(response, !close);
-    if (result.request.method == "HEAD") {
+    if (request.method == "HEAD") {
         // The head GET would send, Content-Length included, and no body (RFC 9110 section 9.3.2).
         bytes.resize(bytes.size() - response.body.size());
         return {std::move(bytes), {}, close};

@@ -3,8 +3,10 @@
 // blocking server and an event loop can share them unchanged.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -121,6 +123,23 @@ Response handle(const Request& request, const common::Stats& stats);
 // A response for a request the parser rejected; it always closes.
 Response error_response(int status, std::string_view text);
 
+// /sleep and /work recognised without being run, for a server that runs them
+// somewhere else than handle() would (chapter 10: /sleep on a timer of the
+// loop, /work on a worker thread). nullopt for any other request, and for a
+// /sleep or /work that handle() refuses (bad ms, a method other than GET or
+// HEAD): those go to handle() as usual.
+struct SlowRequest {
+    enum Kind { sleep, work } kind;
+    std::chrono::milliseconds ms;
+};
+std::optional<SlowRequest> slow_request(const Request& request);
+// What /sleep or /work answers once the wait or the work is over (the same
+// response handle() makes after running it inline).
+Response slow_response(const SlowRequest& slow);
+// /work's computation: uses `amount` of the calling thread's CPU time. A
+// thread that shares its core with others takes longer in wall-clock time.
+void burn_cpu(std::chrono::milliseconds amount);
+
 // What a server sends for one parse result, and whether to close afterwards.
 // Counts the request in stats. A server that has been asked to stop answers
 // with "Connection: close". bytes come first, then rest, made piece by piece
@@ -131,6 +150,11 @@ struct Reply {
     bool close_after = false;
 };
 Reply respond(ParseResult& result, common::Stats& stats);
+// The part of respond() after the handler: `response` serialized for
+// `request` (HEAD leaves the body out; Connection: close when the client or
+// the response asks for it, or the server is stopping). respond() is: count
+// the request, run handle(), then this. It does not count the request.
+Reply reply_to(const Request& request, const Response& response);
 
 // The byte at offset i of every /bytes response, so a client can verify it.
 // The pattern repeats every kPatternPeriod bytes.
