@@ -209,22 +209,17 @@ public:
         counters_.workers = static_cast<std::uint64_t>(workers);
         // Started with SIGINT and SIGTERM blocked: a stop signal must reach the
         // loop's thread, whose epoll_pwait it ends.
-        for (long i = 0; i < workers; ++i) threads_.push_back(common::start_thread_without_stop_signals([this] { work(); }));
+        try {
+            for (long i = 0; i < workers; ++i)
+                threads_.push_back(common::start_thread_without_stop_signals([this] { work(); }));
+        } catch (...) {
+            stop_and_join();  // a thread could not be started (EAGAIN): the ones that were must not outlive us
+            throw;
+        }
     }
     WorkerPool(const WorkerPool&) = delete;
     WorkerPool& operator=(const WorkerPool&) = delete;
-
-    // Jobs still queued are dropped (nobody will send their answers); a job
-    // that runs is finished, then its worker exits.
-    ~WorkerPool() {
-        {
-            std::lock_guard lock(jobs_mutex_);
-            stopping_ = true;
-            jobs_.clear();
-        }
-        job_ready_.notify_all();
-        for (std::thread& t : threads_) t.join();
-    }
+    ~WorkerPool() { stop_and_join(); }
 
     int wake_fd() const { return wake_.get(); }
 
@@ -263,6 +258,18 @@ public:
     // ANCHOR_END: take_results
 
 private:
+    // Jobs still queued are dropped (nobody will send their answers); a job
+    // that runs is finished, then its worker exits.
+    void stop_and_join() {
+        {
+            std::lock_guard lock(jobs_mutex_);
+            stopping_ = true;
+            jobs_.clear();
+        }
+        job_ready_.notify_all();
+        for (std::thread& t : threads_) t.join();
+    }
+
     // ANCHOR: work
     void work() {
         for (;;) {
