@@ -20,7 +20,8 @@
 //               with "Connection: close", then EOF;
 //   reset       a reset (SO_LINGER {1, 0}) at once, after half a request, after
 //               a whole one for 1 MiB, in the middle of that response, or in
-//               the middle of a POST body; counted as sent, never as failed;
+//               the middle of a POST body (or, where /sleep and /work are off
+//               the loop, while one waits); counted as sent, never as failed;
 //   slow        a small receive buffer, /bytes of 256 KiB to 1 MiB read 2 KiB
 //               at a time with pauses, for as long as the others run (their
 //               requests come on top of N, a few hundred).
@@ -49,9 +50,12 @@
 // comparing (the client threads share the two cores with the server); a leak
 // smaller than the RSS tolerance (about 4 bytes per request over a million),
 // or one of memory the allocator gets back anyway; load from many
-// connections at once (a dozen; make bench holds 10,000); slow handlers
-// (/sleep, /work: chapters 05-09 would stall everyone, which is their
-// lesson, not a fault); or servers other than loopback ones.
+// connections at once (a dozen; make bench holds 10,000); slow handlers in
+// chapters 05-09 (/sleep, /work would stall everyone there, which is their
+// lesson, not a fault); or servers other than loopback ones. A server that
+// runs /sleep and /work off its loop (chapter 10 on; its /stats counts
+// "sleeps_pending") gets short ones too: in the keep-alive and pipelined
+// mixes, and as requests a client resets while their timer or job is pending.
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -116,7 +120,7 @@ constexpr double kRssSlackFraction = 0.10;
 constexpr const char* kMallocTunables = "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072";
 
 struct Settings {
-    std::vector<std::string> chapters{"05", "06", "07", "08", "09"};
+    std::vector<std::string> chapters{"05", "06", "07", "08", "09", "10"};
     std::vector<fs::path> servers;  // --server: run these instead of chapters
     long long requests = kDefaultRequests;
     bool quick = false;
@@ -222,6 +226,10 @@ private:
     std::mt19937_64 engine_;
 };
 
+// Set for each server before its runs: does it take /sleep and /work off its
+// loop (so they may be mixed in)?
+std::atomic<bool> g_slow_off_loop{false};
+
 std::string head_lines(bool close) { return close ? "Host: soak\r\nConnection: close\r\n\r\n" : "Host: soak\r\n\r\n"; }
 
 Planned get_root(bool close) {
@@ -258,8 +266,20 @@ Planned get_stats(bool close) {
             {.body = http::Expectation::Body::any, .must_close = close}};
 }
 
+// /work?ms=0 (on a worker) or /sleep?ms=0..2 (on a timer), for a server that
+// runs them off its loop.
+Planned slow_request(Rng& rng, bool close) {
+    const bool work = rng.percent(50);
+    const long long ms = work ? 0 : rng.between(0, 2);
+    const std::string text = std::string(work ? "work " : "sleep ") + std::to_string(ms) + " ms\n";
+    return {std::string("GET /") + (work ? "work" : "sleep") + "?ms=" + std::to_string(ms) + " HTTP/1.1\r\n" +
+                head_lines(close),
+            {.body = http::Expectation::Body::exact, .text = text, .must_close = close}};
+}
+
 // The keep-alive mix: mostly small answers, some of a few hundred KiB.
 Planned any_request(Rng& rng, bool close) {
+    if (g_slow_off_loop && rng.percent(8)) return slow_request(rng, close);
     const int r = static_cast<int>(rng.between(0, 99));
     if (r < 35) return get_root(close);
     if (r < 62) return get_bytes(static_cast<std::uint64_t>(rng.between(0, 16 * 1024)), close);
@@ -273,6 +293,7 @@ Planned any_request(Rng& rng, bool close) {
 
 // Pipelined batches stay small, so a batch's answers fit the server's output.
 Planned small_request(Rng& rng, bool close) {
+    if (g_slow_off_loop && rng.percent(8)) return slow_request(rng, close);
     const int r = static_cast<int>(rng.between(0, 99));
     if (r < 40) return get_root(close);
     if (r < 70) return get_bytes(static_cast<std::uint64_t>(rng.between(0, 4 * 1024)), close);
@@ -540,7 +561,7 @@ void resetting_client(Mix& mix, Rng& rng) {
         attempt(mix, reset, [&] {
             Connection c(mix.port());
             const std::string big = "GET /bytes?n=1048576 HTTP/1.1\r\nHost: soak\r\n\r\n";
-            switch (rng.between(0, 4)) {
+            switch (rng.between(0, g_slow_off_loop ? 5 : 4)) {
                 case 0: break;                                                    // before a word
                 case 1: c.send_all(big.substr(0, static_cast<std::size_t>(rng.between(1, 40)))); break;  // half a request
                 case 2: c.send_all(big); break;                                   // as the answer starts
@@ -548,9 +569,15 @@ void resetting_client(Mix& mix, Rng& rng) {
                     c.send_all(big);
                     c.read_some(static_cast<std::size_t>(rng.between(1, 64 * 1024)));
                     break;
-                default:  // in the middle of a POST body
+                case 4:  // in the middle of a POST body
                     c.send_all("POST /echo HTTP/1.1\r\nHost: soak\r\nContent-Length: 100000\r\n\r\n" +
                                std::string(static_cast<std::size_t>(rng.between(0, 50'000)), 'x'));
+                    break;
+                default:  // while its job runs or its timer waits (or just before, or just after)
+                    c.send_all(rng.percent(50) ? "GET /work?ms=" + std::to_string(rng.between(0, 3)) +
+                                                     " HTTP/1.1\r\nHost: soak\r\n\r\n"
+                                               : "GET /sleep?ms=" + std::to_string(rng.between(1, 20)) +
+                                                     " HTTP/1.1\r\nHost: soak\r\n\r\n");
                     break;
             }
             c.reset();
@@ -727,6 +754,10 @@ Result soak_one(const fs::path& binary, long long requests, const fs::path& log_
     };
 
     r.fds_fresh = common::proc::open_fd_count(pid);
+    {
+        const std::optional<std::string> stats = common::http_get(server.port, "/stats");
+        g_slow_off_loop = stats && json_number(*stats, "sleeps_pending").has_value();
+    }
     // Warm-up: the same mix, a twentieth of the size (2,000 to 50,000), so that
     // the allocator's pools and the kernel's buffers exist before the baseline.
     {
