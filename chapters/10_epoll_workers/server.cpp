@@ -748,16 +748,6 @@ private:
         // PRI): then read on to EAGAIN or the end. So does a turn from the
         // ready list, whose reports were not looked at while it waited.
         const bool short_read_ends_turn = events != 0 && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) == 0;
-        // ANCHOR: reset_while_waiting
-        // A reset while a timer or a worker has the request: nobody will read
-        // the answer, so the connection goes now, and its descriptor number is
-        // free for the next client. (A FIN is not enough: a client may shut
-        // down its sending side and still read the answer, RFC 9112 section 9.6.)
-        if (c.state == State::waiting && (events & (EPOLLERR | EPOLLHUP))) {
-            forget(c);
-            return;
-        }
-        // ANCHOR_END: reset_while_waiting
         const bool was_lingering = c.linger.active();
         touch(c);
         Turn turn = drive(c, stats_, short_read_ends_turn);
@@ -767,6 +757,19 @@ private:
         while (c.slow && !c.slow->handed_off && c.state != State::closed && !hand_off(c))
             turn = drive(c, stats_, false);
         // ANCHOR_END: hand_off_after_turn
+        // ANCHOR: reset_while_waiting
+        // A reset while a timer or a worker has the request: nobody will read
+        // the answer, so the connection goes now, and its descriptor number is
+        // free for the next client. The reset may have come in this very
+        // report, behind the request: edge-triggered epoll will not report it
+        // again, so it is looked at after the turn, not only before it. (A FIN
+        // is not enough: a client may shut down its sending side and still
+        // read the answer, RFC 9112 section 9.6.)
+        if (c.state == State::waiting && (events & (EPOLLERR | EPOLLHUP))) {
+            forget(c);
+            return;
+        }
+        // ANCHOR_END: reset_while_waiting
         if (c.linger.active() && !was_lingering) now_lingering(c);
         if (c.state == State::closed) {
             forget(c);
