@@ -313,7 +313,7 @@ help:
 	@echo "  make slides-sync          copy the sources' marked code into slides and READMEs"
 	@echo "Measuring"
 	@echo "  make tour                 every chapter through the same scenarios: table + SVG charts"
-	@echo "  make bench                longer studies: pool sweep, loop throughput, 1k-10k idle connections"
+	@echo "  make bench                longer studies: pool sweep, loop throughput, /work on a pool, 1k-10k idle connections"
 	@echo "  make soak                 1,000,000 mixed requests per event-loop chapter (05-09): no failure,"
 	@echo "                            no leaked descriptor, RSS back near its baseline (SOAK_ARGS=\"--quick\")"
 	@echo "  make bench-loadgen        compare loadgen with wrk against the same server"

@@ -20,7 +20,9 @@
 // (05 on, and nginx through wrk when both are installed); and many idle
 // connections (1,000 / 5,000 / 10,000) on the thread-per-connection, poll and
 // epoll servers (chapter 03, 07, and 08 on): memory per connection and the
-// latency of one active client.
+// latency of one active client; and /work?ms=10 on chapter 10's worker pool
+// (and chapter 04's) as concurrency grows, against the cores x 1000/10 req/s
+// a machine can compute.
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -391,7 +393,8 @@ Study pool_sweep(const fs::path& build, const fs::path& loadgen, bool quick) {
 
 // Throughput and server CPU per request of the one-thread loops (and nginx).
 Study loop_throughput(const fs::path& build, const fs::path& loadgen, bool quick, const fs::path& out) {
-    const double seconds = quick ? 1.0 : 3.0;
+    // Quick: half a second per chapter, to leave room in CI's ten seconds for the /work study.
+    const double seconds = quick ? 0.5 : 3.0;
     report::BarChart chart;
     chart.title = "GET / を keep-alive、-c 50: スループット";
     chart.y_label = "リクエスト / 秒";
@@ -455,6 +458,70 @@ Study loop_throughput(const fs::path& build, const fs::path& loadgen, bool quick
             chart};
 }
 
+// /work?ms=N is N ms of CPU: W workers on C cores finish at most
+// min(c, W, C) x 1000/N requests a second, however many clients wait. Chapter
+// 10 with --workers = cores (its default, given explicitly), and chapter 04's
+// thread pool with as many workers. A connection per request (no -k): in
+// chapter 04 a keep-alive connection would hold its worker to the end.
+Study work_sweep(const fs::path& build, const fs::path& loadgen, bool quick) {
+    const int work_ms = 10;
+    const long cores = std::max(1u, std::thread::hardware_concurrency());
+    const std::vector<int> concurrencies = quick ? std::vector<int>{1, 4} : std::vector<int>{1, 2, 4, 8};
+    const double seconds = quick ? 0.3 : 3.0;
+    const double per_core = 1000.0 / work_ms;
+    report::BarChart chart;
+    chart.title = "/work?ms=" + std::to_string(work_ms) + " のスループット、--workers " + std::to_string(cores) +
+                  " (= コア数)、-c を変える";
+    chart.y_label = "リクエスト / 秒";
+    for (int c : concurrencies) chart.categories.push_back("-c " + std::to_string(c));
+    report::BarSeries expected{"min(c, コア数) x 1000/" + std::to_string(work_ms), "#7f7f7f", {}};
+    for (int c : concurrencies) expected.values.push_back(static_cast<double>(std::min<long>(c, cores)) * per_core);
+    std::vector<report::Row> rows;
+    // Chapter 04 only in the full run: a comparison, not the subject.
+    const std::vector<std::pair<std::string, std::string>> servers =
+        quick ? std::vector<std::pair<std::string, std::string>>{{"10", "#8c564b"}}
+              : std::vector<std::pair<std::string, std::string>>{{"10", "#8c564b"}, {"04", "#2ca02c"}};
+    for (const auto& [number, color] : servers) {
+        const fs::path server = chapter_server(build, number);
+        if (server.empty()) continue;
+        const std::string name = server.parent_path().filename().string();
+        report::BarSeries series{name, color, {}};
+        for (int c : concurrencies) {
+            common::StartedServer s = common::start_server(server.string(), {"--workers", std::to_string(cores)});
+            const double cpu_before = common::proc::cpu_seconds(s.process->pid());
+            const std::string json = run_loadgen(
+                loadgen,
+                {"-c", std::to_string(c), "-t", seconds_arg(seconds), "--timeout", "10",
+                 "http://127.0.0.1:" + std::to_string(s.port) + "/work?ms=" + std::to_string(work_ms)},
+                60s);
+            const double cpu = common::proc::cpu_seconds(s.process->pid()) - cpu_before;
+            const double rps = json_number(json, "requests_per_second").value_or(-1);
+            const double complete = json_number(json, "complete").value_or(0);
+            series.values.push_back(rps);
+            rows.push_back({name, std::to_string(c), cell(rps),
+                            cell(static_cast<double>(std::min<long>(c, cores)) * per_core),
+                            complete > 0 ? cell(1e3 * cpu / complete) : "n/a",
+                            cell(json_number(json, "p50_ms").value_or(-1)),
+                            cell(json_number(json, "p99_ms").value_or(-1)),
+                            cell(json_number(json, "non_2xx").value_or(-1) + json_number(json, "failed").value_or(-1))});
+        }
+        chart.series.push_back(series);
+    }
+    chart.series.push_back(expected);
+    char plateau[160];
+    std::snprintf(plateau, sizeof plateau,
+                  "このマシンの予想: コア %ld 個 x 1000/%d ms = 毎秒 %.0f 件で頭打ち (-c %ld から)。\n\n", cores,
+                  work_ms, static_cast<double>(cores) * per_core, cores);
+    return {"work_sweep", chart.title,
+            plateau +
+                report::markdown_table({"server", "c", "req/s", "expected req/s", "server CPU ms / request", "p50 ms",
+                                        "p99 ms", "not 2xx or failed"},
+                                       rows) +
+                "\n- expected: min(c, コア数) x 1000/" + std::to_string(work_ms) +
+                "。loadgen も同じマシンの CPU を使うので、頭打ちは少し下に出ます。\n\n![](work_sweep.svg)\n",
+            chart};
+}
+
 // Many idle connections: memory per connection, and what one active client pays.
 Study many_idle(const fs::path& build, const fs::path& loadgen, bool quick) {
     const std::vector<int> counts = quick ? std::vector<int>{200} : std::vector<int>{1000, 5000, 10000};
@@ -514,6 +581,7 @@ int run_bench(const Settings& settings, const fs::path& build, const fs::path& l
     const std::vector<std::pair<std::string, Runner>> studies{
         {"thread pool sweep", [&] { return pool_sweep(build, loadgen, settings.quick); }},
         {"loop throughput", [&] { return loop_throughput(build, loadgen, settings.quick, out); }},
+        {"/work on a worker pool", [&] { return work_sweep(build, loadgen, settings.quick); }},
         {"many idle connections", [&] { return many_idle(build, loadgen, settings.quick); }}};
     for (const auto& [label, run] : studies) {
         const Clock::time_point start = Clock::now();
