@@ -142,7 +142,9 @@ struct IdleTimer {
 // (std::multimap, a red-black tree, as nginx keeps its timers) costs
 // O(log n) to add, O(1) to see the first, and, with the position kept, O(1)
 // to remove one whose client left. A binary min-heap (libuv's choice) adds
-// and pops in O(log n) as well, but cannot take out an entry in the middle.
+// and pops in O(log n) too, and removes from the middle in O(log n) if every
+// entry knows its place in the heap, as libuv's intrusive heap does;
+// std::priority_queue keeps no such place, and could only skip stale entries.
 struct SleepTimers {
     using Tree = std::multimap<SteadyClock::time_point, ConnectionId>;
     using Position = Tree::iterator;
@@ -426,7 +428,7 @@ struct LingerQueue {
 
 struct LoopCounters {
     std::atomic<std::uint64_t>& wakeups;         // epoll_wait() returned
-    std::atomic<std::uint64_t>& timer_wakeups;   // ...with no event, because the first idle deadline came
+    std::atomic<std::uint64_t>& timer_wakeups;   // ...with no event, because a deadline came (sleep, idle, linger, pause)
     std::atomic<std::uint64_t>& events;          // ready sockets it reported, in all
     std::atomic<std::uint64_t>& idle_closed;     // connections the idle timer closed
     std::atomic<std::uint64_t>& turns_deferred;  // a connection used its turn up and waited for the next round
@@ -898,7 +900,7 @@ private:
     }
     // ANCHOR_END: hand_off
 
-    // ANCHOR: answer
+    // ANCHOR: deliver
     // The answer to the connection's slow request is here: it goes out after
     // whatever output is still pending, and the connection is idle-timed again.
     void answer(Connection& c, http::Reply reply) {
@@ -938,7 +940,7 @@ private:
             if (!it->second.waiting_for_turn) serve(it->second, 0);  // one on the ready list is served there
         }
     }
-    // ANCHOR_END: answer
+    // ANCHOR_END: deliver
 
     // Closes and forgets a connection (its fd leaves the interest list as it
     // closes). If it waits on the ready list, its id stays there and is
