@@ -35,16 +35,31 @@ namespace {
 void print_usage(std::FILE* out, std::string_view program, std::string_view summary,
                  std::initializer_list<ChapterOption> options) {
     std::fprintf(out, "usage: %.*s [--host ADDR] [--port N]", int(program.size()), program.data());
-    for (const ChapterOption& o : options)
-        std::fprintf(out, " [%.*s %.*s]", int(o.name.size()), o.name.data(), int(o.value_name.size()),
-                     o.value_name.data());
+    for (const ChapterOption& o : options) {
+        if (o.value_name.empty())
+            std::fprintf(out, " [%.*s]", int(o.name.size()), o.name.data());
+        else
+            std::fprintf(out, " [%.*s %.*s]", int(o.name.size()), o.name.data(), int(o.value_name.size()),
+                         o.value_name.data());
+    }
     std::fprintf(out, "\n%.*s\n\n", int(summary.size()), summary.data());
     std::fprintf(out, "  --host ADDR   address to listen on (default 127.0.0.1)\n");
     std::fprintf(out, "  --port N      port to listen on, 0 for any free port (default 8080)\n");
+    for (const ChapterOption& o : options) {
+        if (o.value_name.empty())  // a flag
+            std::fprintf(out, "  %.*s  %.*s\n", int(o.name.size()), o.name.data(), int(o.help.size()), o.help.data());
+        else
+            std::fprintf(out, "  %.*s %.*s  %.*s (default %ld, %ld..%ld)\n", int(o.name.size()), o.name.data(),
+                         int(o.value_name.size()), o.value_name.data(), int(o.help.size()), o.help.data(), *o.value,
+                         o.min, o.max);
+    }
+}
+
+// A chapter option without a value name is a flag: present, it sets 1.
+const ChapterOption* find_flag(std::initializer_list<ChapterOption> options, std::string_view arg) {
     for (const ChapterOption& o : options)
-        std::fprintf(out, "  %.*s %.*s  %.*s (default %ld, %ld..%ld)\n", int(o.name.size()), o.name.data(),
-                     int(o.value_name.size()), o.value_name.data(), int(o.help.size()), o.help.data(), *o.value,
-                     o.min, o.max);
+        if (o.value_name.empty() && arg == o.name) return &o;
+    return nullptr;
 }
 
 std::optional<long> parse_long(std::string_view text) {
@@ -70,6 +85,10 @@ ServerConfig parse_command_line(int argc, char** argv, std::string_view summary,
         if (arg == "--help" || arg == "-h") {
             print_usage(stdout, program, summary, options);
             std::exit(0);
+        }
+        if (const ChapterOption* flag = find_flag(options, arg)) {
+            *flag->value = 1;
+            continue;
         }
         if (i + 1 >= argc) fail("missing value for " + std::string(arg));
         std::string_view value = argv[++i];
@@ -128,7 +147,7 @@ UniqueFd open_spare() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC
 
 }  // namespace
 
-UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags) {
+UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags, const std::function<void(int fd)>& before_bind) {
     const std::string where = config.host + ":" + std::to_string(config.port);
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
@@ -147,6 +166,7 @@ UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags) {
     int on = 1;
     if (::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0)
         throw_errno("setsockopt SO_REUSEADDR " + where);
+    if (before_bind) before_bind(fd.get());
     if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) throw_errno("bind " + where);
     if (::listen(fd.get(), SOMAXCONN) != 0) throw_errno("listen " + where);
     std::lock_guard lock(g_spare_mutex);

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <list>
 #include <mutex>
@@ -31,10 +32,11 @@ struct ServerConfig {
     std::uint16_t port = 8080;  // 0: the kernel picks a free port
 };
 
-// A chapter-specific numeric option such as "--workers N".
+// A chapter-specific numeric option such as "--workers N", or a flag such
+// as "--reuseport" (no value name: present, it sets the value to 1).
 struct ChapterOption {
     std::string_view name;        // "--workers"
-    std::string_view value_name;  // "N"
+    std::string_view value_name;  // "N", or empty for a flag
     std::string_view help;        // one line
     long* value;                  // holds the default; receives the parsed value
     long min;
@@ -50,8 +52,11 @@ ServerConfig parse_command_line(int argc, char** argv, std::string_view summary,
 
 // socket + SO_REUSEADDR + bind + listen, and the spare descriptor that
 // accept_client frees when the process runs out. extra_type_flags may add SOCK_NONBLOCK.
+// before_bind, if given, is called with the new socket before bind (chapter
+// 11 sets SO_REUSEPORT there).
 // Throws std::system_error naming the call and address ("bind 127.0.0.1:80: ...").
-UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags = 0);
+UniqueFd listen_tcp(const ServerConfig& config, int extra_type_flags = 0,
+                    const std::function<void(int fd)>& before_bind = {});
 
 // Prints "listening on HOST:PORT" (the port the kernel actually bound) and flushes,
 // so that a test harness reading our stdout knows we are ready.
