@@ -253,6 +253,11 @@ tour: servers tools
 bench: servers tools
 	@$(BUILD)/tools/tour --bench $(BENCH_ARGS)
 
+# ---- nginx as a load balancer in front of three chapter 11 servers (LB_ARGS="--quick --out DIR")
+.PHONY: lb
+lb: servers tools
+	@$(BUILD)/tools/tour --lb $(LB_ARGS)
+
 # ---- the soak: a million mixed requests through each event-loop chapter, then
 # no failure, no leaked descriptor, RSS back near its baseline, exit 0
 # (SOAK_ARGS="--quick --chapters 08,09 --out DIR")
@@ -317,6 +322,7 @@ help:
 	@echo "  make soak                 1,000,000 mixed requests per event-loop chapter (05-09): no failure,"
 	@echo "                            no leaked descriptor, RSS back near its baseline (SOAK_ARGS=\"--quick\")"
 	@echo "  make bench-loadgen        compare loadgen with wrk against the same server"
+	@echo "  make lb                   nginx as a load balancer in front of three chapter 11 servers (needs nginx)"
 	@echo "Fuzzing (clang++ with libFuzzer)"
 	@echo "  make fuzz [FUZZ_TIME=60]  fuzz the HTTP parser and router from the kept corpus"
 	@echo "  make fuzz-merge           add the inputs that reached new code to common/test/fuzz_corpus"

@@ -175,7 +175,8 @@ StartedServer start_server(const std::string& binary, std::vector<std::string> a
     return server;
 }
 
-std::optional<std::string> http_get(std::uint16_t port, const std::string& target, std::chrono::milliseconds timeout) {
+std::optional<std::string> http_get(std::uint16_t port, const std::string& target, std::chrono::milliseconds timeout,
+                                    std::uint32_t ipv4) {
     UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) return std::nullopt;
     timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
@@ -184,7 +185,7 @@ std::optional<std::string> http_get(std::uint16_t port, const std::string& targe
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_port = htons(port);
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_addr.s_addr = htonl(ipv4);
     if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) return std::nullopt;
     const std::string request = "GET " + target + " HTTP/1.1\r\nHost: tour\r\nConnection: close\r\n\r\n";
     if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size()))

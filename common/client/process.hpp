@@ -71,8 +71,10 @@ StartedServer start_server(const std::string& binary, std::vector<std::string> a
                            std::chrono::milliseconds ready_timeout = std::chrono::seconds(10),
                            ChildProcess::Stderr err = {}, const std::vector<std::string>& extra_env = {});
 
-// GET target from 127.0.0.1:port with a deadline; the body, or nullopt.
+// GET target from 127.0.0.1:port (or another IPv4 address, in host byte
+// order: 0x7f000002 is 127.0.0.2) with a deadline; the body, or nullopt.
 std::optional<std::string> http_get(std::uint16_t port, const std::string& target,
-                                    std::chrono::milliseconds timeout = std::chrono::seconds(5));
+                                    std::chrono::milliseconds timeout = std::chrono::seconds(5),
+                                    std::uint32_t ipv4 = 0x7f000001);
 
 }  // namespace common

@@ -12,7 +12,8 @@
 // It prints one table, and writes DIR/results.md and SVG charts (default
 // DIR: build/tour). --quick shrinks every scenario, for CI.
 //
-//   build/tools/tour --bench [--quick] [--out DIR]      (make bench)
+//   build/tools/tour --bench [--only STUDY,...] [--quick] [--out DIR]   (make bench)
+//   build/tools/tour --lb [--quick] [--out DIR]                           (make lb)
 //
 // The longer studies, each a Markdown table and an SVG chart in DIR (default
 // build/bench): the thread pool sweep (chapter 04, /sleep latency as workers
@@ -20,9 +21,12 @@
 // (05 on, and nginx through wrk when both are installed); and many idle
 // connections (1,000 / 5,000 / 10,000) on the thread-per-connection, poll and
 // epoll servers (chapter 03, 07, and 08 on): memory per connection and the
-// latency of one active client; and /work?ms=10 on chapter 10's worker pool
+// latency of one active client; /work?ms=10 on chapter 10's worker pool
 // (and chapter 04's) as concurrency grows, against the cores x 1000/10 req/s
-// a machine can compute.
+// a machine can compute; and chapter 11 with N loops against nginx with N
+// workers (when nginx and wrk are installed), requests per second and CPU
+// time per request. Their names, for --only: pool_sweep, loop_throughput,
+// work_sweep, nginx_comparison, many_idle.
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,6 +63,8 @@ struct Settings {
     std::vector<std::string> only;  // chapter numbers; empty: all
     bool quick = false;
     bool bench = false;  // the longer studies (make bench) instead of the tour
+    bool lb = false;     // nginx as a load balancer in front of chapter 11 (make lb)
+    std::vector<std::string> studies;  // --only: these studies of the bench; empty: all
     fs::path out;
 };
 
@@ -354,6 +360,70 @@ std::string seconds_arg(double s) {
 
 bool have_program(const std::string& name) { return !shell_line("command -v " + name).empty(); }
 
+// A port that was free a moment ago (nginx.conf cannot say "port 0"): the
+// kernel picks one for chapter 01's server, which is then stopped.
+std::uint16_t free_port(const fs::path& build) {
+    common::StartedServer probe = common::start_server(chapter_server(build, "01").string(), {});
+    const std::uint16_t port = probe.port;
+    probe.process->stop();
+    return port;
+}
+
+// nginx in the foreground (daemon off) with a configuration of ours in dir,
+// ready once `probe_target` on `port` answers. Its master and workers are
+// one process tree: common::proc::cpu_seconds(pid()) counts them all.
+class Nginx {
+public:
+    // `http` is the body of the http { } block; the rest is set here: access
+    // logging off, pid and error log and temporary files in dir.
+    Nginx(const fs::path& dir_in, int workers, const std::string& http, std::uint16_t port,
+          const std::string& probe_target = "/") {
+        const fs::path dir = fs::absolute(dir_in);  // nginx resolves relative paths against -p
+        fs::create_directories(dir);
+        {
+            std::ofstream conf(dir / "nginx.conf");
+            conf << "daemon off;\nworker_processes " << workers << ";\npid " << (dir / "nginx.pid").string()
+                 << ";\nerror_log " << (dir / "error.log").string() << ";\nevents { worker_connections 4096; }\n"
+                 << "http {\n  access_log off;\n  client_body_temp_path " << dir.string() << ";\n  proxy_temp_path "
+                 << dir.string() << ";\n"
+                 << http << "}\n";
+        }
+        process_ = std::make_unique<common::ChildProcess>(std::vector<std::string>{
+            shell_line("command -v nginx"), "-c", (dir / "nginx.conf").string(), "-p", dir.string()});
+        for (int i = 0; i < 50 && !common::http_get(port, probe_target, 100ms); ++i)
+            std::this_thread::sleep_for(100ms);  // waiting for nginx to listen, bounded
+    }
+    pid_t pid() const { return process_->pid(); }
+    void stop() { process_->stop(); }
+
+private:
+    std::unique_ptr<common::ChildProcess> process_;
+};
+
+// wrk's result: requests completed and requests per second ("123 requests in
+// 3.00s", "Requests/sec: 41.0"); -1 when wrk said nothing of the kind.
+struct WrkResult {
+    double requests = -1, rps = -1;
+};
+WrkResult run_wrk(int connections, int seconds, std::uint16_t port, const std::string& target) {
+    // wrk takes whole seconds only ("-d3s"; "-d3.0s" is refused). One thread:
+    // the load generator should take as little of the machine as it can.
+    const std::string out = shell_line("wrk -t1 -c" + std::to_string(connections) + " -d" + std::to_string(seconds) +
+                                       "s http://127.0.0.1:" + std::to_string(port) + target +
+                                       " 2>&1 | grep -E 'requests in|Requests/sec' | tr '\\n' ' '");
+    WrkResult r;
+    if (const auto at = out.find(" requests in"); at != std::string::npos) {
+        const auto start = out.find_last_of(' ', at - 1);
+        r.requests = std::strtod(out.c_str() + (start == std::string::npos ? 0 : start + 1), nullptr);
+    }
+    if (const auto at = out.find("Requests/sec:"); at != std::string::npos)
+        r.rps = std::strtod(out.c_str() + at + 13, nullptr);
+    return r;
+}
+
+// The greeting chapter 11 sends for GET /, for nginx to send the same bytes.
+const char* const kGreeting = "Hello from the concurrent-servers tutorial!\\n";
+
 struct Study {
     std::string name, title, markdown;
     report::BarChart chart;  // written as NAME.svg
@@ -420,31 +490,13 @@ Study loop_throughput(const fs::path& build, const fs::path& loadgen, bool quick
     }
     // nginx measured by wrk, when both are installed: a yardstick, not a contest.
     if (have_program("nginx") && have_program("wrk")) {
-        // Absolute: nginx resolves relative paths in its configuration against -p.
-        const fs::path dir = fs::absolute(out / "nginx");
-        fs::create_directories(dir / "html");
-        {
-            std::ofstream(dir / "html" / "index.html") << "Hello from nginx\n";
-        }
-        // Port 0 is not possible in nginx.conf: ask the kernel for a free port first.
-        common::StartedServer probe = common::start_server(chapter_server(build, "01").string(), {});
-        const std::uint16_t port = probe.port;
-        probe.process->stop();
-        {
-            std::ofstream conf(dir / "nginx.conf");
-            conf << "daemon off;\nworker_processes 1;\npid " << (dir / "nginx.pid").string()
-                 << ";\nerror_log " << (dir / "error.log").string() << ";\nevents { worker_connections 1024; }\n"
-                 << "http { access_log off; client_body_temp_path " << dir.string() << "; server { listen 127.0.0.1:"
-                 << port << "; root " << (dir / "html").string() << "; } }\n";
-        }
-        common::ChildProcess nginx({shell_line("command -v nginx"), "-c", (dir / "nginx.conf").string(), "-p",
-                                    dir.string()});
-        for (int i = 0; i < 50 && !common::http_get(port, "/index.html", 100ms); ++i)
-            std::this_thread::sleep_for(100ms);  // waiting for nginx to listen, bounded
-        // wrk takes whole seconds only ("-d3s"; "-d3.0s" is refused).
-        const std::string wrk = shell_line("wrk -t1 -c50 -d" + std::to_string(static_cast<int>(seconds)) + "s http://127.0.0.1:" +
-                                           std::to_string(port) + "/index.html 2>&1 | grep Requests/sec");
-        const double rps = wrk.empty() ? -1 : std::strtod(wrk.c_str() + wrk.find(':') + 1, nullptr);
+        const std::uint16_t port = free_port(build);
+        Nginx nginx(out / "nginx", 1,
+                    "  server {\n    listen 127.0.0.1:" + std::to_string(port) +
+                        ";\n    location = / { default_type \"text/plain; charset=utf-8\"; return 200 \"" + kGreeting +
+                        "\"; }\n  }\n",
+                    port);
+        const double rps = run_wrk(50, static_cast<int>(seconds), port, "/").rps;
         nginx.stop();
         chart.categories.push_back("nginx (wrk)");
         chart.series[0].values.push_back(rps);
@@ -455,6 +507,110 @@ Study loop_throughput(const fs::path& build, const fs::path& loadgen, bool quick
     return {"loop_throughput", chart.title,
             report::markdown_table({"server", "req/s", "server CPU µs / request", "p99 ms"}, rows) +
                 "\n![](loop_throughput.svg)\n",
+            chart};
+}
+
+// Chapter 11 with --loops N against nginx with worker_processes N, in one
+// run on one machine: the same greeting for GET /, keep-alive, access log
+// off, driven by wrk and by our loadgen at -c 50. Requests per second, and
+// server CPU time per request: user + system time of every thread (ours) or
+// process (nginx's master and workers), divided by the requests completed.
+// Each cell is the median of `rounds` runs, the servers taking turns, so
+// that a slow moment of the machine does not favour one of them.
+Study nginx_comparison(const fs::path& build, const fs::path& loadgen, bool quick, const fs::path& out) {
+    report::BarChart chart;
+    chart.title = "第 11 章 --loops N と nginx worker_processes N: GET / を keep-alive、-c 50、CPU 時間 / リクエスト";
+    chart.y_label = "サーバーの CPU µs / リクエスト";
+    const fs::path server = chapter_server(build, "11");
+    if (server.empty() || !have_program("nginx") || !have_program("wrk")) {
+        std::printf(" skipped: %s is not installed or built;", server.empty() ? "chapter 11" : "nginx or wrk");
+        return {"nginx_comparison", chart.title,
+                "skipped: nginx or wrk is not installed (apt-get install nginx-light wrk), or chapter 11 is not built\n",
+                chart};
+    }
+    const long cores = std::max(1u, std::thread::hardware_concurrency());
+    std::vector<int> loops{1};
+    for (int n = 2; n <= cores && n <= 8; n *= 2) loops.push_back(n);
+    const int rounds = quick ? 1 : 3, seconds = quick ? 1 : 3, connections = 50;
+    struct Cell {
+        std::vector<double> rps, cpu_us;
+    };
+    // [server: 0 chapter 11, 1 nginx][driver: 0 wrk, 1 loadgen][loops index]
+    std::vector<Cell> cells(2 * 2 * loops.size());
+    auto at = [&](int srv, int drv, std::size_t n) -> Cell& { return cells[(srv * 2 + drv) * loops.size() + n]; };
+    for (int round = 0; round < rounds; ++round)
+        for (std::size_t n = 0; n < loops.size(); ++n)
+            for (int srv = 0; srv < 2; ++srv) {
+                std::unique_ptr<common::StartedServer> ours;
+                std::unique_ptr<Nginx> nginx;
+                std::uint16_t port = 0;
+                pid_t pid = -1;
+                if (srv == 0) {
+                    ours = std::make_unique<common::StartedServer>(
+                        common::start_server(server.string(), {"--loops", std::to_string(loops[n])}));
+                    port = ours->port;
+                    pid = ours->process->pid();
+                } else {
+                    port = free_port(build);
+                    nginx = std::make_unique<Nginx>(
+                        out / "nginx", loops[n],
+                        // keepalive_requests: nginx closes a keep-alive connection after
+                        // 1000 requests by default; ours never does. Equal terms.
+                        "  keepalive_requests 1000000000;\n  server {\n    listen 127.0.0.1:" + std::to_string(port) +
+                            ";\n    location = / { default_type \"text/plain; charset=utf-8\"; return 200 \"" +
+                            kGreeting + "\"; }\n  }\n",
+                        port);
+                    pid = nginx->pid();
+                }
+                for (int drv = 0; drv < 2; ++drv) {
+                    const double cpu_before = common::proc::cpu_seconds(pid);
+                    double requests = -1, rps = -1;
+                    if (drv == 0) {
+                        const WrkResult w = run_wrk(connections, seconds, port, "/");
+                        requests = w.requests;
+                        rps = w.rps;
+                    } else {
+                        const std::string json =
+                            run_loadgen(loadgen,
+                                        {"-k", "-c", std::to_string(connections), "-t", std::to_string(seconds),
+                                         "http://127.0.0.1:" + std::to_string(port) + "/"},
+                                        60s);
+                        requests = json_number(json, "complete").value_or(-1);
+                        rps = json_number(json, "requests_per_second").value_or(-1);
+                    }
+                    const double cpu = common::proc::cpu_seconds(pid) - cpu_before;
+                    at(srv, drv, n).rps.push_back(rps);
+                    at(srv, drv, n).cpu_us.push_back(requests > 0 ? 1e6 * cpu / requests : -1);
+                }
+                if (nginx) nginx->stop();
+            }
+    auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v.empty() ? -1 : v[v.size() / 2];
+    };
+    std::vector<report::Row> rows;
+    chart.series = {{"第 11 章 (wrk)", "#e377c2", {}}, {"nginx (wrk)", "#2ca02c", {}},
+                    {"第 11 章 (loadgen)", "#f7b6d2", {}}, {"nginx (loadgen)", "#98df8a", {}}};
+    for (std::size_t n = 0; n < loops.size(); ++n) {
+        chart.categories.push_back("N = " + std::to_string(loops[n]));
+        for (int drv = 0; drv < 2; ++drv) {
+            const char* driver = drv == 0 ? "wrk -t1" : "loadgen";
+            const double our_rps = median(at(0, drv, n).rps), our_cpu = median(at(0, drv, n).cpu_us);
+            const double ng_rps = median(at(1, drv, n).rps), ng_cpu = median(at(1, drv, n).cpu_us);
+            chart.series[drv * 2].values.push_back(our_cpu);
+            chart.series[drv * 2 + 1].values.push_back(ng_cpu);
+            rows.push_back({std::to_string(loops[n]), driver, cell(our_rps), cell(ng_rps), cell(our_cpu), cell(ng_cpu),
+                            our_cpu > 0 && ng_cpu > 0 ? cell(our_cpu / ng_cpu) : "n/a"});
+        }
+    }
+    const std::string note = "\n- N: 第 11 章の `--loops N` と nginx の `worker_processes N`。-c " +
+                             std::to_string(connections) + "、" + std::to_string(seconds) + " 秒、" +
+                             std::to_string(rounds) + " 回の中央値。ロードジェネレーターも同じマシンで動きます。\n";
+    return {"nginx_comparison", chart.title,
+            report::markdown_table({"N", "driver", "ch11 req/s", "nginx req/s", "ch11 CPU µs/req",
+                                    "nginx CPU µs/req", "ch11 / nginx CPU"},
+                                   rows) +
+                note + "\n![](nginx_comparison.svg)\n",
             chart};
 }
 
@@ -578,23 +734,170 @@ int run_bench(const Settings& settings, const fs::path& build, const fs::path& l
     std::string md = "# ベンチマーク (make bench" + std::string(settings.quick ? " --quick" : "") + ")\n\n- マシン: " +
                      machine_description() + "\n- 数値はマシンによって変わります。\n";
     using Runner = std::function<Study()>;
-    const std::vector<std::pair<std::string, Runner>> studies{
-        {"thread pool sweep", [&] { return pool_sweep(build, loadgen, settings.quick); }},
-        {"loop throughput", [&] { return loop_throughput(build, loadgen, settings.quick, out); }},
-        {"/work on a worker pool", [&] { return work_sweep(build, loadgen, settings.quick); }},
-        {"many idle connections", [&] { return many_idle(build, loadgen, settings.quick); }}};
-    for (const auto& [label, run] : studies) {
+    struct Entry {
+        std::string name, label;
+        Runner run;
+    };
+    const std::vector<Entry> studies{
+        {"pool_sweep", "thread pool sweep", [&] { return pool_sweep(build, loadgen, settings.quick); }},
+        {"loop_throughput", "loop throughput", [&] { return loop_throughput(build, loadgen, settings.quick, out); }},
+        {"work_sweep", "/work on a worker pool", [&] { return work_sweep(build, loadgen, settings.quick); }},
+        {"nginx_comparison", "chapter 11 against nginx",
+         [&] { return nginx_comparison(build, loadgen, settings.quick, out); }},
+        {"many_idle", "many idle connections", [&] { return many_idle(build, loadgen, settings.quick); }}};
+    for (const auto& [name, label, run] : studies) {
+        if (!settings.studies.empty() &&
+            std::find(settings.studies.begin(), settings.studies.end(), name) == settings.studies.end())
+            continue;
         const Clock::time_point start = Clock::now();
         std::printf("%s ...", label.c_str());
         std::fflush(stdout);
         Study study = run();
         std::printf(" done (%.0f s)\n", std::chrono::duration<double>(Clock::now() - start).count());
         md += "\n## " + study.title + "\n\n" + study.markdown;
-        write_file(out / (study.name + ".svg"), report::render_svg(study.chart));
+        if (!study.chart.categories.empty()) write_file(out / (study.name + ".svg"), report::render_svg(study.chart));
         std::printf("\n%s\n", study.markdown.substr(0, study.markdown.find("\n![")).c_str());
     }
     write_file(out / "results.md", md);
     std::printf("wrote %s/results.md and its charts\n", out.string().c_str());
+    return 0;
+}
+
+// ---- make lb: nginx in front of several instances -------------------------------------
+
+// One number from a server's /stats at 127.0.0.N:port, or -1.
+double stat_of(std::uint16_t port, std::uint32_t ipv4, const std::string& name) {
+    const std::optional<std::string> json = common::http_get(port, "/stats", 2s, ipv4);
+    return json ? json_number(*json, name).value_or(-1) : -1;
+}
+
+// Chapter 11 instances on 127.0.0.2, .3, ... (--loops 1 each: one core's
+// worth), nginx on 127.0.0.1 in front of them as a load balancer, loadgen
+// at -c 50 keep-alive against nginx. Four runs: one instance alone, without
+// nginx; through nginx with keep-alive to the backends; through nginx with a
+// new backend connection per request; and through nginx while one backend
+// is stopped (SIGTERM) a second into the run.
+int run_lb(const Settings& settings, const fs::path& build, const fs::path& loadgen) {
+    const fs::path out = settings.out == build / "tour" ? build / "lb" : settings.out;
+    fs::create_directories(out);
+    const fs::path server = chapter_server(build, "11");
+    if (server.empty()) throw std::runtime_error("chapter 11 is not built: run make servers");
+    if (!have_program("nginx")) {
+        std::printf("make lb: skipped, nginx is not installed (apt-get install nginx-light)\n");
+        return 0;
+    }
+    const int backends = 3, seconds = settings.quick ? 1 : 3, connections = 50;
+    auto address = [](int i) -> std::uint32_t { return 0x7f000002u + static_cast<std::uint32_t>(i); };
+    auto dotted = [](std::uint32_t a) {
+        return std::to_string(a >> 24) + "." + std::to_string((a >> 16) & 255) + "." + std::to_string((a >> 8) & 255) +
+               "." + std::to_string(a & 255);
+    };
+    struct Run {
+        std::string label;
+        double rps = -1, complete = 0, failed = 0, non_2xx = 0, cpu_us = -1;
+        std::vector<double> per_backend_requests, per_backend_connections;
+    };
+    std::vector<Run> runs;
+    auto start_backends = [&](int count) {
+        std::vector<std::unique_ptr<common::StartedServer>> list;
+        for (int i = 0; i < count; ++i)
+            list.push_back(std::make_unique<common::StartedServer>(
+                common::start_server(server.string(), {"--loops", "1", "--host", dotted(address(i))})));
+        return list;
+    };
+    auto measure = [&](const std::string& label, std::uint16_t port, std::vector<pid_t> pids,
+                       std::vector<std::unique_ptr<common::StartedServer>>& instances,
+                       const std::function<void()>& during) {
+        double cpu_before = 0;
+        for (pid_t p : pids) cpu_before += common::proc::cpu_seconds(p);
+        std::vector<double> req_before, conn_before;
+        for (std::size_t i = 0; i < instances.size(); ++i) {
+            req_before.push_back(stat_of(instances[i]->port, address(static_cast<int>(i)), "requests"));
+            conn_before.push_back(stat_of(instances[i]->port, address(static_cast<int>(i)), "connections_total"));
+        }
+        std::thread side;
+        if (during) side = std::thread(during);
+        const std::string json =
+            run_loadgen(loadgen,
+                        {"-k", "-c", std::to_string(connections), "-t", std::to_string(seconds), "--timeout", "10",
+                         "http://127.0.0.1:" + std::to_string(port) + "/"},
+                        60s);
+        if (side.joinable()) side.join();
+        double cpu = 0;
+        for (pid_t p : pids) cpu += common::proc::cpu_seconds(p);
+        cpu -= cpu_before;
+        Run run;
+        run.label = label;
+        run.rps = json_number(json, "requests_per_second").value_or(-1);
+        run.complete = json_number(json, "complete").value_or(0);
+        run.failed = json_number(json, "failed").value_or(0);
+        run.non_2xx = json_number(json, "non_2xx").value_or(0);
+        run.cpu_us = run.complete > 0 ? 1e6 * cpu / run.complete : -1;
+        for (std::size_t i = 0; i < instances.size(); ++i) {
+            // The two /stats requests before and after count themselves.
+            const double r = stat_of(instances[i]->port, address(static_cast<int>(i)), "requests");
+            const double c = stat_of(instances[i]->port, address(static_cast<int>(i)), "connections_total");
+            run.per_backend_requests.push_back(r < 0 || req_before[i] < 0 ? -1 : r - req_before[i] - 1);
+            run.per_backend_connections.push_back(c < 0 || conn_before[i] < 0 ? -1 : c - conn_before[i] - 1);
+        }
+        runs.push_back(run);
+    };
+    auto upstream_conf = [&](const std::vector<std::unique_ptr<common::StartedServer>>& instances,
+                             std::uint16_t port, bool keepalive) {
+        std::string conf = "  keepalive_requests 1000000000;\n  upstream backends {\n";
+        for (std::size_t i = 0; i < instances.size(); ++i)
+            conf += "    server " + dotted(address(static_cast<int>(i))) + ":" + std::to_string(instances[i]->port) +
+                    " max_fails=1 fail_timeout=10s;\n";
+        // keepalive: idle connections to the backends each worker keeps for
+        // reuse; HTTP/1.1 and an empty Connection header make them persistent.
+        if (keepalive) conf += "    keepalive 64;\n    keepalive_requests 1000000000;\n";
+        conf += "  }\n  server {\n    listen 127.0.0.1:" + std::to_string(port) +
+                ";\n    location / {\n      proxy_pass http://backends;\n";
+        if (keepalive) conf += "      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n";
+        conf += "    }\n  }\n";
+        return conf;
+    };
+    {
+        auto one = start_backends(1);
+        measure("1 台に直接 (nginx なし)", one[0]->port, {one[0]->process->pid()}, one, {});
+    }
+    for (int variant = 0; variant < 3; ++variant) {
+        auto instances = start_backends(backends);
+        const std::uint16_t port = free_port(build);
+        Nginx nginx(out / ("nginx" + std::to_string(variant)), 1, upstream_conf(instances, port, variant != 1), port);
+        std::vector<pid_t> pids{nginx.pid()};
+        for (auto& i : instances) pids.push_back(i->process->pid());
+        std::function<void()> during;
+        if (variant == 2)  // a backend leaves a second into the run
+            during = [&] {
+                std::this_thread::sleep_for(1s);
+                instances[0]->process->stop();
+            };
+        const char* labels[] = {"nginx → 3 台、バックエンドへ keep-alive", "nginx → 3 台、リクエストごとに新しい接続",
+                                "nginx → 3 台、1 秒後に 1 台を SIGTERM で止める"};
+        measure(labels[variant], port, pids, instances, during);
+        nginx.stop();
+    }
+    std::vector<report::Row> rows;
+    for (const Run& r : runs) {
+        std::string share, conns;
+        for (std::size_t i = 0; i < r.per_backend_requests.size(); ++i) {
+            share += (i ? " / " : "") + cell(r.per_backend_requests[i]);
+            conns += (i ? " / " : "") + cell(r.per_backend_connections[i]);
+        }
+        rows.push_back({r.label, cell(r.rps), cell(r.cpu_us), cell(r.failed + r.non_2xx), share, conns});
+    }
+    std::string md = "# nginx をロードバランサーに (make lb" + std::string(settings.quick ? " LB_ARGS=--quick" : "") +
+                     ")\n\n- マシン: " + machine_description() +
+                     "\n- 第 11 章のサーバー (`--loops 1`) を 127.0.0.2、127.0.0.3、127.0.0.4 に、nginx "
+                     "(`worker_processes 1`) を 127.0.0.1 に置き、loadgen `-k -c " +
+                     std::to_string(connections) + " -t " + std::to_string(seconds) +
+                     "` で nginx に GET / を送ります。\n- CPU は nginx とバックエンド全部の user + system です。\n\n" +
+                     report::markdown_table({"構成", "req/s", "CPU µs / リクエスト", "失敗", "バックエンドごとのリクエスト",
+                                             "バックエンドごとの新しい接続"},
+                                            rows);
+    write_file(out / "results.md", md);
+    std::printf("%s\nwrote %s/results.md\n", md.c_str(), out.string().c_str());
     return 0;
 }
 
@@ -607,14 +910,22 @@ Settings parse(int argc, char** argv) {
             settings.quick = true;
         } else if (arg == "--bench") {
             settings.bench = true;
+        } else if (arg == "--lb") {
+            settings.lb = true;
         } else if (arg == "--chapters" && i + 1 < argc) {
             std::stringstream list(argv[++i]);
             for (std::string item; std::getline(list, item, ',');)
                 if (!item.empty()) settings.only.push_back(item);
+        } else if (arg == "--only" && i + 1 < argc) {
+            std::stringstream list(argv[++i]);
+            for (std::string item; std::getline(list, item, ',');)
+                if (!item.empty()) settings.studies.push_back(item);
         } else if (arg == "--out" && i + 1 < argc) {
             settings.out = argv[++i];
         } else {
-            std::fprintf(stderr, "usage: tour [--bench] [--chapters 01,03,...] [--quick] [--out DIR]\n");
+            std::fprintf(stderr,
+                         "usage: tour [--bench [--only pool_sweep,loop_throughput,work_sweep,nginx_comparison,"
+                         "many_idle] | --lb] [--chapters 01,03,...] [--quick] [--out DIR]\n");
             std::exit(2);
         }
     }
@@ -630,6 +941,7 @@ int main(int argc, char** argv) {
         const fs::path loadgen = build / "tools" / "loadgen";
         if (!fs::exists(loadgen)) throw std::runtime_error(loadgen.string() + " is missing: run make tools");
         if (settings.bench) return run_bench(settings, build, loadgen);
+        if (settings.lb) return run_lb(settings, build, loadgen);
         std::vector<fs::path> servers;
         for (const auto& entry : fs::directory_iterator(build / "chapters")) {
             const std::string name = entry.path().filename().string();
