@@ -1288,7 +1288,6 @@ public:
     // The port every listener shares, for the ready line.
     int listener() const { return acceptor_ ? acceptor_->listener() : loops_.front()->listener_fd(); }
 
-    // ANCHOR: stop
     // Accepts (or waits) until a stop signal; then tells every loop that no
     // more connections will come, and waits for them to finish theirs.
     // Rethrows what made a loop fail.
@@ -1302,7 +1301,6 @@ public:
         stop_loops();
         if (failure_) std::rethrow_exception(failure_);
     }
-    // ANCHOR_END: stop
 
 private:
     void run_loop(EventLoop& loop) {

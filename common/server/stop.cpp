@@ -63,6 +63,8 @@ bool stop_requested() noexcept {
     return sigismember(&pending, SIGINT) == 1 || sigismember(&pending, SIGTERM) == 1;
 }
 
+void note_stop_signals_blocked() noexcept { t_stop_signals_blocked = true; }
+
 sigset_t block_stop_signals() {
     sigset_t stop_signals, previous;
     sigemptyset(&stop_signals);

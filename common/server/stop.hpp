@@ -40,6 +40,13 @@ bool stop_requested() noexcept;
 // so that a response made meanwhile already closes the connection.
 sigset_t block_stop_signals();
 
+// For a thread that blocks the stop signals for good: from now on its
+// stop_requested() also counts a stop signal that is pending, sent but not
+// yet handled by the thread it was delivered to. (Chapter 11's loops make
+// responses in threads of their own: one made just after a SIGTERM must say
+// "Connection: close" even while the main thread has not yet run the handler.)
+void note_stop_signals_blocked() noexcept;
+
 // Starts a thread with SIGINT and SIGTERM blocked. The kernel delivers a
 // process-directed signal to any thread that does not block it; this way it
 // reaches the main thread, the one blocked in accept() that must react.
@@ -51,7 +58,10 @@ std::thread start_thread_without_stop_signals(F&& body) {
     sigaddset(&stop_signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_signals, &previous);  // the new thread inherits this mask
     try {
-        std::thread thread(std::forward<F>(body));
+        std::thread thread([run = std::forward<F>(body)]() mutable {
+            note_stop_signals_blocked();
+            run();
+        });
         pthread_sigmask(SIG_SETMASK, &previous, nullptr);
         return thread;
     } catch (...) {

@@ -4,6 +4,8 @@
 # untouched skeleton fails them (a lab whose tests pass without any work
 # teaches nothing).
 #   usage: check_exercises.sh BUILD_DIR solutions/NN_name...
+# SOLUTION_TESTS="[lab]" runs only the lab's tests on each solution (CI does:
+# its make test runs every solution's whole suite anyway).
 set -u
 build=$1
 shift
@@ -16,8 +18,8 @@ for solution in "$@"; do
     echo "!! $exercise/server.cpp is not up to date with $solution/server.cpp: run 'make exercises'"
     problems=$((problems + 1))
   fi
-  if "$build/solutions/$name/test" >/dev/null 2>&1; then
-    echo "   solution passes its lab tests and the behaviour suite"
+  if "$build/solutions/$name/test" ${SOLUTION_TESTS:+"$SOLUTION_TESTS"} >/dev/null 2>&1; then
+    echo "   solution passes ${SOLUTION_TESTS:-its lab tests and the behaviour suite}"
   else
     echo "!! the solution fails: $build/solutions/$name/test"
     problems=$((problems + 1))
